@@ -1,0 +1,206 @@
+//! Gateway configuration: loaded from TOML once, validated into typed values, and never parsed
+//! again on the request path. Every problem is reported with the file, line and a fix.
+
+mod error;
+mod raw;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use error::{ConfigError, ConfigIssue};
+
+use discovery::Endpoint;
+use http::HeaderName;
+
+use crate::router::{Rewrite, RouteMatch};
+
+/// A complete, validated gateway configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Process-wide settings.
+    pub server: ServerSettings,
+    /// The admin listener.
+    pub admin: AdminSettings,
+    /// Access log settings.
+    pub access_log: AccessLogSettings,
+    /// Client-facing listeners (at least one).
+    pub listeners: Vec<ListenerSpec>,
+    /// Upstream clusters by declaration order (names are unique).
+    pub clusters: Vec<ClusterSpec>,
+    /// Routes in match order (names are unique; each names a declared cluster).
+    pub routes: Vec<RouteSpec>,
+}
+
+/// Process-wide settings (`[server]`).
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Worker threads per proxy service.
+    pub threads: usize,
+    /// Whether worker threads steal work from each other.
+    pub work_stealing: bool,
+    /// Longest time SIGTERM waits for in-flight requests before exiting.
+    pub grace_period: Duration,
+    /// Time given to runtimes to stop after the grace period.
+    pub graceful_shutdown_timeout: Duration,
+    /// Idle upstream connections kept for reuse, across all clusters.
+    pub upstream_keepalive_pool_size: usize,
+    /// The pseudonym this gateway adds to `Via`.
+    pub via: String,
+}
+
+/// The admin listener (`[admin]`).
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    /// Where the admin API listens (loopback by default).
+    pub address: SocketAddr,
+}
+
+/// Access-log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// `key=value` text.
+    Text,
+}
+
+/// `[access_log]`.
+#[derive(Debug, Clone)]
+pub struct AccessLogSettings {
+    /// Whether a line is written per request.
+    pub enabled: bool,
+    /// Line format.
+    pub format: LogFormat,
+}
+
+/// A client-facing listener (`[[listeners]]`).
+#[derive(Debug, Clone)]
+pub struct ListenerSpec {
+    /// Name for logs.
+    pub name: String,
+    /// Bind address.
+    pub address: SocketAddr,
+    /// Accept HTTP/2 with prior knowledge on this plain-text listener (gRPC clients).
+    pub h2c: bool,
+    /// TLS certificate and key; HTTP/2 is offered via ALPN when set.
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM files of a TLS listener.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+}
+
+/// How a cluster chooses an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadBalancing {
+    /// Power of two random choices, least outstanding requests (weighted).
+    LeastRequest,
+    /// Weighted round robin.
+    RoundRobin,
+    /// Ketama consistent hashing of a request key.
+    ConsistentHash(HashKey),
+}
+
+/// The request value a consistent-hash cluster hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    /// A request header (falls back to the client address when absent).
+    Header(HeaderName),
+    /// A cookie (falls back to the client address when absent).
+    Cookie(String),
+    /// A query parameter (falls back to the client address when absent).
+    Query(String),
+    /// The client's IP address.
+    ClientIp,
+    /// The request path.
+    Path,
+}
+
+/// Protocol spoken to a cluster's endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 with keep-alive.
+    Http1,
+    /// HTTP/2 over plain TCP with prior knowledge (gRPC backends).
+    H2c,
+}
+
+/// Per-cluster timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterTimeouts {
+    /// TCP connect.
+    pub connect: Duration,
+    /// Longest wait for any read from the upstream (idle time between bytes).
+    pub read: Duration,
+    /// Longest wait for any write to the upstream.
+    pub write: Duration,
+    /// How long an idle pooled connection is kept.
+    pub idle: Duration,
+}
+
+/// Where a cluster's endpoints come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointSource {
+    /// Listed in the config file.
+    Static(Vec<Endpoint>),
+}
+
+/// An upstream cluster (`[clusters.NAME]`).
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    /// Unique name.
+    pub name: String,
+    /// Where endpoints come from.
+    pub endpoints: EndpointSource,
+    /// Endpoint choice.
+    pub load_balancing: LoadBalancing,
+    /// Protocol to endpoints.
+    pub protocol: UpstreamProtocol,
+    /// Timeouts.
+    pub timeouts: ClusterTimeouts,
+    /// Concurrent streams per HTTP/2 upstream connection.
+    pub max_h2_streams: usize,
+}
+
+/// A route (`[[routes]]`).
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    /// Unique name.
+    pub name: String,
+    /// Index into [`Config::clusters`].
+    pub cluster: usize,
+    /// Conditions.
+    pub matcher: RouteMatch,
+    /// Path rewrite, if any.
+    pub rewrite: Option<Rewrite>,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::io(path, &e))?;
+        Self::parse(&text, path)
+    }
+
+    /// Validates a config document; `source_name` names it in errors, and relative TLS file
+    /// paths are resolved against its directory.
+    pub fn parse(text: &str, source_name: &Path) -> Result<Self, ConfigError> {
+        validate::validate(text, source_name)
+    }
+
+    /// The cluster a route sends to.
+    pub fn route_cluster(&self, route: &RouteSpec) -> &ClusterSpec {
+        // invariant: validation only accepts routes whose cluster index exists.
+        &self.clusters[route.cluster]
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,245 @@
+//! The runtime snapshot: routes bound to live clusters, built once per config version and
+//! read lock-free by every request through [`GatewayState::runtime`].
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use discovery::{Discovery, EndpointSet, StaticDiscovery, UpdateStream};
+use futures_util::{FutureExt, StreamExt};
+use http::HeaderValue;
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::cluster::Cluster;
+use crate::config::{AccessLogSettings, Config, EndpointSource};
+use crate::router::{PathMatch, RequestView, Rewrite, RouteMatch};
+
+/// A route bound to its cluster.
+#[derive(Debug)]
+pub struct Route {
+    /// Unique name.
+    pub name: String,
+    /// Conditions.
+    pub matcher: RouteMatch,
+    /// Path rewrite.
+    pub rewrite: Option<Rewrite>,
+    /// Where matching requests go.
+    pub cluster: Arc<Cluster>,
+}
+
+/// Everything a request needs, for one config version.
+#[derive(Debug)]
+pub struct Runtime {
+    /// Routes in match order.
+    pub routes: Vec<Route>,
+    /// Clusters in declaration order.
+    pub clusters: Vec<Arc<Cluster>>,
+    /// The `Via` entry this gateway adds (`1.1 NAME`).
+    pub via: HeaderValue,
+    /// Access log settings.
+    pub access_log: AccessLogSettings,
+}
+
+impl Runtime {
+    /// Builds the snapshot; clusters start empty and are filled by [`Runtime::discovery_watches`].
+    pub fn build(config: &Config) -> Self {
+        let clusters: Vec<Arc<Cluster>> = config
+            .clusters
+            .iter()
+            .map(|c| Arc::new(Cluster::new(c.clone())))
+            .collect();
+        let routes = config
+            .routes
+            .iter()
+            .filter_map(|r| {
+                Some(Route {
+                    name: r.name.clone(),
+                    matcher: r.matcher.clone(),
+                    rewrite: r.rewrite.clone(),
+                    cluster: clusters.get(r.cluster)?.clone(),
+                })
+            })
+            .collect();
+        let via = HeaderValue::from_str(&format!("1.1 {}", config.server.via))
+            .unwrap_or_else(|_| HeaderValue::from_static("1.1 gateway"));
+        Self {
+            routes,
+            clusters,
+            via,
+            access_log: config.access_log.clone(),
+        }
+    }
+
+    /// Index of the first route matching the request.
+    pub fn find_route(&self, req: &RequestView<'_>) -> Option<usize> {
+        self.routes.iter().position(|r| r.matcher.matches(req))
+    }
+
+    /// Starts discovery for every cluster: the first update of each watch is applied now when
+    /// it is already available (static endpoints), so the gateway serves from its first request;
+    /// the returned streams carry later updates and are driven by [`follow`].
+    pub fn discovery_watches(&self, config: &Config) -> Vec<(Arc<Cluster>, UpdateStream)> {
+        let mut source = StaticDiscovery::new();
+        for c in &config.clusters {
+            let EndpointSource::Static(eps) = &c.endpoints;
+            source.insert(c.name.clone(), eps.clone());
+        }
+        let mut watches = Vec::new();
+        for cluster in &self.clusters {
+            match source.watch(cluster.name()) {
+                Ok(mut stream) => {
+                    let mut set = EndpointSet::default();
+                    if let Some(Some(first)) = stream.next().now_or_never() {
+                        set.apply(first);
+                        cluster.update(&set);
+                    }
+                    watches.push((cluster.clone(), stream));
+                }
+                Err(e) => {
+                    tracing::error!(cluster = cluster.name(), error = %e, "discovery watch failed")
+                }
+            }
+        }
+        watches
+    }
+
+    /// Admin view of the routes.
+    pub fn route_status(&self) -> Vec<RouteStatus> {
+        self.routes
+            .iter()
+            .map(|r| RouteStatus {
+                name: r.name.clone(),
+                cluster: r.cluster.name().to_owned(),
+                host: r.matcher.host.as_ref().map(|h| match h {
+                    crate::router::HostMatch::Exact(h) => h.clone(),
+                    crate::router::HostMatch::Suffix(s) => format!("*{s}"),
+                }),
+                path: match &r.matcher.path {
+                    PathMatch::Any => None,
+                    PathMatch::Exact(p) => Some(format!("exact {p}")),
+                    PathMatch::Prefix(p) => Some(format!("prefix {p}")),
+                    PathMatch::Template(t) => Some(format!("template {}", t.as_str())),
+                },
+                methods: r
+                    .matcher
+                    .methods
+                    .as_ref()
+                    .map(|m| m.iter().map(|m| m.as_str().to_owned()).collect()),
+                headers: r
+                    .matcher
+                    .headers
+                    .iter()
+                    .map(|h| match &h.value {
+                        Some(v) => format!("{}={}", h.name, v.to_str().unwrap_or("<binary>")),
+                        None => h.name.to_string(),
+                    })
+                    .collect(),
+                rewrite: r.rewrite.as_ref().map(|rw| match rw {
+                    Rewrite::Prefix { from, to } => format!("prefix {from} -> {to}"),
+                    Rewrite::Template { source, .. } => {
+                        format!("template from {}", source.as_str())
+                    }
+                    Rewrite::Fixed(p) => format!("fixed {p}"),
+                }),
+            })
+            .collect()
+    }
+}
+
+/// Drives a discovery stream, applying each update to its cluster, until the stream ends.
+pub async fn follow(cluster: Arc<Cluster>, mut updates: UpdateStream) {
+    let mut set = EndpointSet::default();
+    while let Some(update) = updates.next().await {
+        if set.apply(update) || !cluster.is_ready() {
+            tracing::info!(
+                cluster = cluster.name(),
+                endpoints = set.len(),
+                "endpoint set updated"
+            );
+            cluster.update(&set);
+        }
+    }
+}
+
+/// Admin view of a route.
+#[derive(Debug, Serialize)]
+pub struct RouteStatus {
+    name: String,
+    cluster: String,
+    host: Option<String>,
+    path: Option<String>,
+    methods: Option<Vec<String>>,
+    headers: Vec<String>,
+    rewrite: Option<String>,
+}
+
+/// State shared by the proxy services, the admin API and shutdown.
+#[derive(Debug)]
+pub struct GatewayState {
+    runtime: ArcSwap<Runtime>,
+    in_flight: AtomicU64,
+    idle: Notify,
+    draining: AtomicBool,
+}
+
+impl GatewayState {
+    /// State serving `runtime`.
+    pub fn new(runtime: Runtime) -> Self {
+        Self {
+            runtime: ArcSwap::from_pointee(runtime),
+            in_flight: AtomicU64::new(0),
+            idle: Notify::new(),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// The current snapshot.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Requests being served right now.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Counts a request as in flight until the guard drops.
+    pub fn track(self: &Arc<Self>) -> InFlightGuard {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlightGuard(self.clone())
+    }
+
+    /// Whether shutdown has begun (readiness then fails so load balancers stop sending).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Marks shutdown as begun.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Waits until no request is in flight.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.in_flight() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Holds one request in the in-flight count.
+#[derive(Debug)]
+pub struct InFlightGuard(Arc<GatewayState>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! `echo --listen 127.0.0.1:9001 --name echo-1`: the echo service (see `sample_services::echo`).
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+use sample_services::echo::EchoServer;
+
+#[derive(Debug, Parser)]
+#[command(about = "HTTP/1.1 + h2c echo service")]
+struct Args {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    listen: SocketAddr,
+    /// Instance name, returned in every answer and in `x-echo-instance`.
+    #[arg(long, default_value = "echo")]
+    name: String,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> std::io::Result<()> {
+    let args = Args::parse();
+    let server = EchoServer::bind(args.listen, args.name.clone()).await?;
+    println!("echo `{}` listening on {}", args.name, server.addr());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    server.stop();
+    Ok(())
+}
