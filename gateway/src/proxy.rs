@@ -329,17 +329,20 @@ impl ProxyHttp for GatewayProxy {
                 can_reuse_downstream: false,
             };
         };
+        // pingora honours reuse only for failures before an upstream was chosen; otherwise the
+        // connection closes, and the response must say so or the client reuses a dead socket.
+        let reusable = matches!(error, GatewayError::NoEndpoints | GatewayError::NoRoute);
         if session.response_written().is_none() {
+            if !reusable {
+                session.set_keepalive(None);
+            }
             if let Err(write_err) = respond(session, ctx, error).await {
                 tracing::debug!(error = %write_err, "could not send the error response");
             }
         }
         FailToProxy {
             error_code: error.status(),
-            can_reuse_downstream: matches!(
-                error,
-                GatewayError::NoEndpoints | GatewayError::NoRoute
-            ),
+            can_reuse_downstream: reusable,
         }
     }
 

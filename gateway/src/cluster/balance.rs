@@ -87,7 +87,11 @@ impl Balancer {
                 let end_a = *cumulative.get(a)?;
                 let start_a = if a == 0 { 0 } else { *cumulative.get(a - 1)? };
                 let r = fastrand::u64(0..total - (end_a - start_a));
-                let r = if r >= start_a { r + (end_a - start_a) } else { r };
+                let r = if r >= start_a {
+                    r + (end_a - start_a)
+                } else {
+                    r
+                };
                 let b = cumulative.partition_point(|&c| c <= r);
                 let (ea, eb) = (endpoints.get(a)?, endpoints.get(b)?);
                 // Compare in_flight/weight without division: a*wb vs b*wa.

@@ -1,0 +1,276 @@
+//! Shared integration-test harness: builds and starts the real `gateway` binary on ports the
+//! OS assigned, starts real echo upstreams in-process, waits for readiness by polling with a
+//! deadline, and kills everything on drop (also when a test fails).
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub use sample_services::echo::EchoServer;
+
+/// How long a process gets to become ready.
+const READY_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The `gateway` binary, built once per test process for the profile the tests run in.
+pub fn gateway_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let release = std::env::current_exe()
+            .map(|p| p.components().any(|c| c.as_os_str() == "release"))
+            .unwrap_or(false);
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "-q",
+            "-p",
+            "gateway",
+            "--bin",
+            "gateway",
+            "--message-format=json",
+        ]);
+        if release {
+            cmd.arg("--release");
+        }
+        let out = cmd
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run cargo build");
+        assert!(out.status.success(), "building the gateway failed");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == "gateway")
+            .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+            .expect("cargo reported the gateway executable")
+    })
+}
+
+/// A loopback port the OS just handed out (the gateway binds it right after; pingora binds its
+/// own listeners, so the port cannot be passed as an open socket).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("ephemeral port")
+}
+
+/// Starts an echo upstream on an ephemeral port.
+pub async fn echo(name: &str) -> EchoServer {
+    EchoServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)), name)
+        .await
+        .expect("bind echo upstream")
+}
+
+/// Polls `check` until it is true or the deadline passes.
+pub async fn wait_until(what: &str, deadline: Duration, mut check: impl FnMut() -> bool) {
+    let end = Instant::now() + deadline;
+    while !check() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A running gateway process with its config and logs in a private temp dir.
+#[derive(Debug)]
+pub struct Gateway {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    /// Plain HTTP listener.
+    pub http: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+}
+
+/// Placeholders in a test config: `{http}` and `{admin}` are replaced by fresh ports; other
+/// `{name}` placeholders come from `extra`.
+pub struct GatewayConfig<'a> {
+    pub body: String,
+    pub extra: Vec<(&'a str, String)>,
+}
+
+impl Gateway {
+    /// Writes the config (with `[server]`, `[admin]` and the `public` listener prepended) and
+    /// starts the gateway; returns once `/readyz` says ready and the listener accepts.
+    pub async fn start(body: &str) -> Self {
+        Self::start_with(body, &[]).await
+    }
+
+    /// Like [`Gateway::start`] with extra files written next to the config.
+    pub async fn start_with(body: &str, files: &[(&str, &[u8])]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for (name, content) in files {
+            std::fs::write(dir.path().join(name), content).expect("write file");
+        }
+        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let config = format!(
+            "[server]\nthreads = 1\ngrace_period_seconds = 10\ngraceful_shutdown_timeout_seconds = 1\n\n\
+             [admin]\naddress = \"{admin}\"\n\n[[listeners]]\nname = \"public\"\naddress = \"{http}\"\n\n{body}"
+        );
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, config).expect("write config");
+        let log = std::fs::File::create(dir.path().join("gateway.log")).expect("log file");
+        let child = Command::new(gateway_bin())
+            .args(["run", "--config"])
+            .arg(&path)
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn gateway");
+        let mut gw = Self {
+            child: Some(child),
+            dir,
+            http,
+            admin,
+        };
+        gw.wait_ready().await;
+        gw
+    }
+
+    async fn wait_ready(&mut self) {
+        let client = reqwest::Client::new();
+        let end = Instant::now() + READY_DEADLINE;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("gateway exited during start ({status}):\n{}", self.log());
+            }
+            let ready = match client
+                .get(format!("http://{}/readyz", self.admin))
+                .send()
+                .await
+            {
+                Ok(r) => r.status().is_success(),
+                Err(_) => false,
+            };
+            if ready && TcpStream::connect(self.http).is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "gateway not ready in time:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// `http://ADDR` of the plain listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    /// `http://ADDR` of the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// The private directory (config, log, extra files).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Everything the gateway wrote so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM (graceful drain).
+    pub fn terminate(&self) {
+        if let Some(c) = &self.child {
+            let ok = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            assert!(ok, "could not signal the gateway");
+        }
+    }
+
+    /// Waits for the process to exit, at most `deadline`.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        let end = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < end,
+                "gateway did not exit in time:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs `gateway ARGS...` to completion and returns (exit code, stdout, stderr).
+pub fn run_gateway_cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(gateway_bin())
+        .args(args)
+        .output()
+        .expect("run gateway");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A cluster table for the given upstreams.
+pub fn cluster(name: &str, upstreams: &[&EchoServer], extra: &str) -> String {
+    let eps: Vec<String> = upstreams
+        .iter()
+        .map(|u| format!("\"{}\"", u.addr()))
+        .collect();
+    format!(
+        "[clusters.{name}]\nendpoints = [{}]\n{extra}\n",
+        eps.join(", ")
+    )
+}
+
+/// Plain client (HTTP/1.1).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client")
+}
+
+/// GET returning (status, JSON body).
+pub async fn get_json(client: &reqwest::Client, url: &str) -> (u16, serde_json::Value) {
+    let resp = client.get(url).send().await.expect("request");
+    let status = resp.status().as_u16();
+    let body = resp.json().await.unwrap_or(serde_json::Value::Null);
+    (status, body)
+}

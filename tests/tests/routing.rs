@@ -1,0 +1,166 @@
+//! Routing by host, path (exact, prefix, template), method and header; rewrites; 404; proxy
+//! headers and request ids.
+
+mod harness;
+
+use harness::*;
+
+#[tokio::test]
+async fn routes_by_host_path_method_and_header() {
+    let (a, b, c, d) = (
+        echo("a").await,
+        echo("b").await,
+        echo("c").await,
+        echo("d").await,
+    );
+    let body = format!(
+        "{}{}{}{}\
+         [[routes]]\nname = \"canary\"\ncluster = \"d\"\npath_prefix = \"/api\"\nheaders = [{{ name = \"x-canary\", value = \"1\" }}]\n\n\
+         [[routes]]\nname = \"admin-host\"\ncluster = \"c\"\nhost = \"*.internal.example\"\n\n\
+         [[routes]]\nname = \"title\"\ncluster = \"b\"\npath_template = \"/titles/{{id}}\"\nmethods = [\"GET\"]\nrewrite = \"/v1/catalog/{{id}}\"\n\n\
+         [[routes]]\nname = \"exact\"\ncluster = \"b\"\npath_exact = \"/ping\"\nrewrite = \"/health\"\n\n\
+         [[routes]]\nname = \"api\"\ncluster = \"a\"\npath_prefix = \"/api\"\nprefix_rewrite = \"\"\n",
+        cluster("a", &[&a], ""),
+        cluster("b", &[&b], ""),
+        cluster("c", &[&c], ""),
+        cluster("d", &[&d], ""),
+    );
+    let gw = Gateway::start(&body).await;
+    let http = client();
+
+    let (s, j) = get_json(&http, &gw.url("/api/users?x=1")).await;
+    assert_eq!(s, 200);
+    assert_eq!(j["instance"], "a");
+    assert_eq!(j["path"], "/users", "prefix stripped");
+    assert_eq!(j["query"], "x=1", "query kept");
+
+    let r = http
+        .get(gw.url("/api/users"))
+        .header("x-canary", "1")
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(
+        r.headers()["x-echo-instance"],
+        "d",
+        "header match wins when declared first"
+    );
+
+    let r = http
+        .get(gw.url("/anything"))
+        .header("host", "ops.internal.example")
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(r.headers()["x-echo-instance"], "c", "wildcard host");
+
+    let (s, j) = get_json(&http, &gw.url("/titles/42")).await;
+    assert_eq!((s, j["instance"].as_str()), (200, Some("b")));
+    assert_eq!(j["path"], "/v1/catalog/42", "template rewrite");
+
+    let (s, j) = get_json(&http, &gw.url("/ping")).await;
+    assert_eq!(
+        (s, j["path"].as_str()),
+        (200, Some("/health")),
+        "exact path with fixed rewrite"
+    );
+
+    // Method condition: POST /titles/42 matches no route.
+    let r = http.post(gw.url("/titles/42")).send().await.expect("req");
+    assert_eq!(r.status().as_u16(), 404);
+    let id = r.headers()["x-request-id"].to_str().expect("id").to_owned();
+    let j: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(j["error"], "no_route");
+    assert_eq!(j["request_id"], id.as_str());
+    assert_eq!(j["route"], serde_json::Value::Null);
+
+    // `/apix` is not under the segment-aware prefix `/api`.
+    assert_eq!(
+        http.get(gw.url("/apix"))
+            .send()
+            .await
+            .expect("req")
+            .status()
+            .as_u16(),
+        404
+    );
+}
+
+#[tokio::test]
+async fn proxy_headers_request_id_and_hop_by_hop() {
+    let a = echo("a").await;
+    let body = format!(
+        "{}[[routes]]\nname = \"all\"\ncluster = \"a\"\n",
+        cluster("a", &[&a], "")
+    );
+    let gw = Gateway::start(&body).await;
+    let http = client();
+
+    let r = http
+        .get(gw.url("/h"))
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("via", "1.0 client-proxy")
+        .header("connection", "keep-alive, x-secret")
+        .header("x-secret", "hop")
+        .header("keep-alive", "timeout=5")
+        .header("x-request-id", "trace-abc-123")
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(
+        r.headers()["x-request-id"],
+        "trace-abc-123",
+        "client request id is kept"
+    );
+    assert!(r.headers()["via"]
+        .to_str()
+        .expect("via")
+        .ends_with("1.1 gateway"));
+    let j: serde_json::Value = r.json().await.expect("json");
+    let h = &j["headers"];
+    assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "127.0.0.1");
+    assert_eq!(h["via"], "1.0 client-proxy, 1.1 gateway");
+    assert_eq!(h["x-request-id"], "trace-abc-123");
+    assert!(
+        h.get("x-secret").is_none(),
+        "header named in Connection is hop-by-hop: {h}"
+    );
+    assert!(
+        h.get("keep-alive").is_none(),
+        "keep-alive is hop-by-hop: {h}"
+    );
+
+    // Without a request id (or with an unusable one) the gateway makes one and passes it on.
+    let r = http
+        .get(gw.url("/h"))
+        .header("x-request-id", "has space")
+        .send()
+        .await
+        .expect("req");
+    let id = r.headers()["x-request-id"].to_str().expect("id").to_owned();
+    assert_eq!(id.len(), 36, "uuid: {id}");
+    let j: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(j["headers"]["x-request-id"], id.as_str());
+
+    // One access-log line per request, with route, cluster, endpoint, status and duration.
+    wait_until(
+        "the access log line",
+        std::time::Duration::from_secs(5),
+        || gw.log().contains(&id),
+    )
+    .await;
+    let log = gw.log();
+    let line = log
+        .lines()
+        .filter(|l| l.contains("\"target\":\"access\""))
+        .find(|l| l.contains(&id))
+        .unwrap_or_else(|| panic!("no access line for {id}:\n{log}"));
+    let v: serde_json::Value = serde_json::from_str(line).expect("json line");
+    assert_eq!(v["route"], "all");
+    assert_eq!(v["cluster"], "a");
+    assert_eq!(v["endpoint"], a.addr().to_string());
+    assert_eq!(v["status"], 200);
+    assert!(v["duration_ms"].as_f64().is_some_and(|d| d > 0.0));
+}
