@@ -65,11 +65,14 @@ pub fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let guard = init_logging(cfg.access_log.format);
-            let guard = Mutex::new(Some(guard));
+            let guards = Mutex::new(vec![init_logging(cfg.access_log.format)]);
+            if let Ok(mut g) = guards.lock() {
+                g.extend(crate::access_log::install(cfg.access_log.format));
+            }
             let flush = Box::new(move || {
-                if let Ok(mut g) = guard.lock() {
-                    g.take();
+                crate::access_log::flush();
+                if let Ok(mut g) = guards.lock() {
+                    g.clear();
                 }
             });
             match crate::server::run(cfg, Some(flush)) {
@@ -86,7 +89,10 @@ pub fn main() -> ExitCode {
 /// Logs (access log included) go to stdout through a background writer so a slow reader never
 /// stalls a proxy thread. `RUST_LOG` overrides the default `info` level.
 fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
+    let (writer, guard) = tracing_appender::non_blocking(std::io::BufWriter::with_capacity(
+        64 * 1024,
+        std::io::stdout(),
+    ));
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -362,21 +362,23 @@ impl ProxyHttp for GatewayProxy {
             |r| r.status.as_u16(),
         );
         let route = ctx.route();
-        let endpoint = ctx.picked.as_ref().map(|p| p.endpoint().address);
-        tracing::info!(
-            target: "access",
-            method = %req.method,
-            path = %req.uri.path(),
-            host = request_host(&req.uri, &req.headers),
-            route = route.map_or("-", |r| r.name.as_str()),
-            cluster = route.map_or("-", |r| r.cluster.name()),
-            endpoint = %endpoint.map_or_else(|| "-".to_owned(), |a| a.to_string()),
+        crate::access_log::write(&crate::access_log::AccessRecord {
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            host: request_host(&req.uri, &req.headers),
+            route: route.map_or("-", |r| r.name.as_str()),
+            cluster: route.map_or("-", |r| r.cluster.name()),
+            endpoint: ctx.picked.as_ref().map(|p| p.endpoint().address),
             status,
-            duration_ms = ctx.started.elapsed().as_secs_f64() * 1000.0,
-            request_id = ctx.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
-            client = %ctx.client_ip.map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
-            error = ctx.error.map_or("-", GatewayError::code),
-        );
+            duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+            request_id: ctx
+                .request_id
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-"),
+            client: ctx.client_ip,
+            error: ctx.error.map_or("-", GatewayError::code),
+        });
     }
 }
 

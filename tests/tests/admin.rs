@@ -40,7 +40,18 @@ async fn admin_endpoints_describe_the_running_gateway() {
             200
         );
     }
-    let (_, clusters) = get_json(&http, &gw.admin_url("/clusters")).await;
+    // In-flight counts drop just after the client has its response, so poll for them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let clusters = loop {
+        let (_, clusters) = get_json(&http, &gw.admin_url("/clusters")).await;
+        let idle = clusters["clusters"][0]["endpoints"]
+            .as_array()
+            .is_some_and(|eps| eps.iter().all(|e| e["in_flight"] == 0));
+        if idle || std::time::Instant::now() > deadline {
+            break clusters;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     let c = &clusters["clusters"][0];
     assert_eq!(c["name"], "cat");
     assert_eq!(c["ready"], true);
@@ -49,9 +60,11 @@ async fn admin_endpoints_describe_the_running_gateway() {
     assert_eq!(eps.len(), 2);
     let total: u64 = eps.iter().filter_map(|e| e["requests"].as_u64()).sum();
     assert_eq!(total, 4);
-    assert!(eps
-        .iter()
-        .all(|e| e["in_flight"] == 0 && e["failures"] == 0));
+    assert!(
+        eps.iter()
+            .all(|e| e["in_flight"] == 0 && e["failures"] == 0),
+        "{c}"
+    );
 
     let (s, nf) = get_json(&http, &gw.admin_url("/nope")).await;
     assert_eq!(s, 404);
