@@ -38,7 +38,7 @@ pub struct Config {
 pub struct ServerSettings {
     /// Worker threads per proxy service.
     pub threads: usize,
-    /// Whether worker threads steal work from each other.
+    /// Whether worker threads steal work from each other (default: when `threads > 1`).
     pub work_stealing: bool,
     /// Longest time SIGTERM waits for in-flight requests before exiting.
     pub grace_period: Duration,

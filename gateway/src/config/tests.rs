@@ -157,3 +157,16 @@ fn missing_listeners_and_syntax_errors() {
     let e = err("[[listeners]\naddress = 1");
     assert!(e.starts_with("gw.toml:1:"), "{e}");
 }
+
+#[test]
+fn work_stealing_defaults_to_more_than_one_thread() {
+    let one = parse(&format!("[server]\nthreads = 1\n{BASE}")).expect("valid");
+    assert!(!one.server.work_stealing);
+    let two = parse(&format!("[server]\nthreads = 2\n{BASE}")).expect("valid");
+    assert!(two.server.work_stealing);
+    let forced = parse(&format!(
+        "[server]\nthreads = 1\nwork_stealing = true\n{BASE}"
+    ))
+    .expect("valid");
+    assert!(forced.server.work_stealing);
+}

