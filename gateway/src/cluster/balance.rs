@@ -81,7 +81,8 @@ impl Balancer {
         match self {
             Self::LeastRequest { cumulative } => {
                 let total = *cumulative.last()?;
-                let a = cumulative.partition_point(|&c| c <= fastrand::u64(0..total));
+                let first = fastrand::u64(0..total);
+                let a = cumulative.partition_point(|&c| c <= first);
                 // The second candidate is drawn, by weight, from the other endpoints only, so the
                 // two always differ.
                 let end_a = *cumulative.get(a)?;
@@ -225,6 +226,17 @@ mod tests {
             .filter_map(|i| b.pick(&st, format!("user-{i}").as_bytes()))
             .collect();
         assert_eq!(distinct.len(), 4, "keys spread over all endpoints");
+    }
+
+    #[test]
+    fn least_request_is_uniform_over_idle_equal_endpoints() {
+        let (st, eps) = states(&[1, 1, 1]);
+        let b = Balancer::new(&LoadBalancing::LeastRequest, &eps);
+        let mut counts = [0u32; 3];
+        for _ in 0..3000 {
+            counts[b.pick(&st, b"").expect("pick")] += 1;
+        }
+        assert!(counts.iter().all(|c| (850..1150).contains(c)), "{counts:?}");
     }
 
     #[test]
