@@ -1,0 +1,181 @@
+//! Header value templates: literal text with `${...}` placeholders filled from the request,
+//! parsed once at load (`${client_ip}`, `${request_id}`, `${route}`, `${claim.NAME}`,
+//! `${header.NAME}`; `$$` is a literal `$`).
+
+use http::header::HeaderName;
+use http::{request, HeaderValue};
+
+use crate::FilterContext;
+
+/// A template could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    /// `${` without a closing `}`.
+    #[error("`${{` at byte {0} has no closing `}}`")]
+    Unclosed(usize),
+    /// An unknown placeholder.
+    #[error("unknown placeholder `${{{0}}}`; use client_ip, request_id, route, claim.NAME or header.NAME")]
+    Unknown(String),
+    /// The literal text cannot appear in a header value.
+    #[error("the text is not a valid header value (control characters?)")]
+    InvalidText,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Text(String),
+    ClientIp,
+    RequestId,
+    Route,
+    Claim(String),
+    Header(HeaderName),
+}
+
+/// A parsed header value template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    parts: Vec<Part>,
+    /// The value when the template has no placeholders (no work per request).
+    fixed: Option<HeaderValue>,
+}
+
+impl Template {
+    /// Parses `text`.
+    pub fn parse(text: &str) -> Result<Self, TemplateError> {
+        let mut parts = Vec::new();
+        let mut lit = String::new();
+        let mut rest = text;
+        let mut offset = 0;
+        while let Some(i) = rest.find('$') {
+            lit.push_str(&rest[..i]);
+            let after = &rest[i + 1..];
+            if let Some(stripped) = after.strip_prefix('$') {
+                lit.push('$');
+                offset += i + 2;
+                rest = stripped;
+            } else if let Some(inner) = after.strip_prefix('{') {
+                let end = inner.find('}').ok_or(TemplateError::Unclosed(offset + i))?;
+                let name = inner[..end].trim();
+                let part = match name {
+                    "client_ip" => Part::ClientIp,
+                    "request_id" => Part::RequestId,
+                    "route" => Part::Route,
+                    _ => {
+                        if let Some(c) = name.strip_prefix("claim.").filter(|c| !c.is_empty()) {
+                            Part::Claim(c.to_owned())
+                        } else if let Some(h) = name
+                            .strip_prefix("header.")
+                            .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok())
+                        {
+                            Part::Header(h)
+                        } else {
+                            return Err(TemplateError::Unknown(name.to_owned()));
+                        }
+                    }
+                };
+                if !lit.is_empty() {
+                    parts.push(Part::Text(std::mem::take(&mut lit)));
+                }
+                parts.push(part);
+                offset += i + 2 + end + 1;
+                rest = &inner[end + 1..];
+            } else {
+                lit.push('$');
+                offset += i + 1;
+                rest = after;
+            }
+        }
+        lit.push_str(rest);
+        if !lit.is_empty() {
+            parts.push(Part::Text(lit));
+        }
+        for p in &parts {
+            if let Part::Text(t) = p {
+                HeaderValue::from_str(t).map_err(|_| TemplateError::InvalidText)?;
+            }
+        }
+        let fixed = match parts.as_slice() {
+            [] => Some(HeaderValue::from_static("")),
+            [Part::Text(t)] => HeaderValue::from_str(t).ok(),
+            _ => None,
+        };
+        Ok(Self { parts, fixed })
+    }
+
+    /// The value for this request; `None` when a placeholder has no value (no identity, an
+    /// absent claim or header) or the result is not a valid header value.
+    pub fn render(&self, req: &request::Parts, ctx: &FilterContext) -> Option<HeaderValue> {
+        if let Some(v) = &self.fixed {
+            return Some(v.clone());
+        }
+        let mut out: Vec<u8> = Vec::with_capacity(64);
+        for p in &self.parts {
+            match p {
+                Part::Text(t) => out.extend_from_slice(t.as_bytes()),
+                Part::ClientIp => out.extend_from_slice(ctx.client_ip()?.to_string().as_bytes()),
+                Part::RequestId => out.extend_from_slice(ctx.request_id()?.as_bytes()),
+                Part::Route => out.extend_from_slice(ctx.route()?.as_bytes()),
+                Part::Claim(c) => {
+                    out.extend_from_slice(ctx.identity()?.claim_text(c)?.as_bytes());
+                }
+                Part::Header(h) => out.extend_from_slice(req.headers.get(h)?.as_bytes()),
+            }
+        }
+        HeaderValue::from_bytes(&out).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::Identity;
+
+    #[test]
+    fn parses_placeholders_and_escapes() {
+        let t = Template::parse("ip=${client_ip};id=${request_id};$$5;${claim.sub}").expect("ok");
+        let mut claims = serde_json::Map::new();
+        claims.insert("sub".into(), "u1".into());
+        let mut ctx = FilterContext::new(
+            Some("api".into()),
+            Some([10, 1, 2, 3].into()),
+            Some(HeaderValue::from_static("r-1")),
+            false,
+        );
+        ctx.set_identity(Arc::new(Identity {
+            subject: Some("u1".into()),
+            claims,
+        }));
+        let (req, _) = http::Request::new(()).into_parts();
+        assert_eq!(
+            t.render(&req, &ctx).expect("value"),
+            "ip=10.1.2.3;id=r-1;$5;u1"
+        );
+        let h = Template::parse("${header.x-a}/${route}").expect("ok");
+        let (mut req, _) = http::Request::new(()).into_parts();
+        assert_eq!(h.render(&req, &ctx), None, "absent header");
+        req.headers.insert("x-a", HeaderValue::from_static("v"));
+        assert_eq!(h.render(&req, &ctx).expect("value"), "v/api");
+        assert_eq!(
+            Template::parse("plain $ text")
+                .expect("ok")
+                .render(&req, &ctx)
+                .expect("v"),
+            "plain $ text"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_templates() {
+        assert_eq!(
+            Template::parse("${client_ip"),
+            Err(TemplateError::Unclosed(0))
+        );
+        assert_eq!(
+            Template::parse("${nope}"),
+            Err(TemplateError::Unknown("nope".into()))
+        );
+        assert_eq!(Template::parse("a\nb"), Err(TemplateError::InvalidText));
+    }
+}
