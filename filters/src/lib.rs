@@ -29,5 +29,8 @@ pub use filter::{Filter, Flow};
 pub use registry::{FilterConfigError, FilterFactory, FilterRegistry, FilterSettings};
 pub use template::{Template, TemplateError};
 
+/// Re-exported so plugin crates implement [`Filter`] with the same macro version.
+pub use async_trait::async_trait;
+
 /// The response type filters answer with.
 pub type Response = http::Response<bytes::Bytes>;

@@ -8,6 +8,8 @@ use std::sync::Mutex;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use filters::FilterRegistry;
+
 use crate::config::{Config, LogFormat};
 
 #[derive(Debug, Parser)]
@@ -37,18 +39,26 @@ enum Command {
     },
 }
 
-/// Runs the CLI with the process arguments.
+/// Runs the CLI with the process arguments and the built-in filters.
 pub fn main() -> ExitCode {
+    main_with(&FilterRegistry::with_builtins())
+}
+
+/// Runs the CLI with the process arguments; config files may name the filters in `registry`.
+pub fn main_with(registry: &FilterRegistry) -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match Config::load(&config) {
+        Command::Check { config } => match Config::load_with(&config, registry) {
             Ok(c) => {
+                let filters =
+                    c.filters.len() + c.routes.iter().map(|r| r.filters.len()).sum::<usize>();
                 println!(
-                    "{}: ok ({} listeners, {} clusters, {} routes)",
+                    "{}: ok ({} listeners, {} clusters, {} routes, {} filters)",
                     config.display(),
                     c.listeners.len(),
                     c.clusters.len(),
-                    c.routes.len()
+                    c.routes.len(),
+                    filters
                 );
                 ExitCode::SUCCESS
             }
@@ -58,7 +68,7 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Run { config } => {
-            let cfg = match Config::load(&config) {
+            let cfg = match Config::load_with(&config, registry) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("{e}");

@@ -1,15 +1,22 @@
 //! The gateway: a pingora-based edge proxy with routes, clusters, load balancing, an admin
-//! API and graceful shutdown. The binary `gateway` is a thin CLI over [`cli::main`].
+//! API, filter chains and graceful shutdown. The binary `gateway` is [`Gateway::builder`]`().run()`;
+//! service teams build their own binary the same way with extra filters (see [`GatewayBuilder`]).
 
 #![forbid(unsafe_code)]
 
 pub mod access_log;
 pub mod admin;
+mod builder;
 pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod errors;
+mod filtering;
 pub mod proxy;
 pub mod router;
 pub mod runtime;
 pub mod server;
+
+pub use builder::{Gateway, GatewayBuilder};
+/// The filter API, re-exported so a plugin crate needs only `gateway` as a dependency.
+pub use filters;

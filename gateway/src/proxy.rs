@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use filters::{FilterChain, FilterContext, Flow};
 use http::header::{HeaderName, HeaderValue, VIA};
 use http::{Uri, Version};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -52,6 +53,10 @@ pub struct RequestCtx {
     tls: bool,
     started: Instant,
     error: Option<GatewayError>,
+    /// What the route's filters share for this request.
+    filters: FilterContext,
+    /// A response a body filter answered with; sent by `fail_to_proxy`.
+    filter_reply: Option<filters::Response>,
     _in_flight: InFlightGuard,
 }
 
@@ -59,6 +64,13 @@ impl RequestCtx {
     fn route(&self) -> Option<&Route> {
         self.route.and_then(|i| self.runtime.routes.get(i))
     }
+}
+
+/// The filters that apply: the route's chain, or the global filters when no route matched.
+fn chain_of(runtime: &Runtime, route: Option<usize>) -> &FilterChain {
+    route
+        .and_then(|i| runtime.routes.get(i))
+        .map_or(&runtime.default_chain, |r| &r.chain)
 }
 
 fn new_request_id() -> HeaderValue {
@@ -134,24 +146,54 @@ fn hash_input(key: &HashKey, req: &RequestHeader, client_ip: Option<IpAddr>) -> 
 }
 
 /// Writes a gateway-made JSON error response.
-async fn respond(session: &mut Session, ctx: &RequestCtx, error: GatewayError) -> Result<()> {
+async fn respond(session: &mut Session, ctx: &mut RequestCtx, error: GatewayError) -> Result<()> {
     let route = ctx.route();
     let body = error.body(
-        route.map(|r| r.name.as_str()),
+        route.map(|r| &*r.name),
         route.map(|r| r.cluster.name()),
         ctx.request_id.as_ref().and_then(|v| v.to_str().ok()),
     );
-    let mut resp = ResponseHeader::build(error.status(), Some(5))?;
-    resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-    resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
-    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    let mut resp = http::Response::new(Bytes::from(body));
+    *resp.status_mut() =
+        http::StatusCode::from_u16(error.status()).unwrap_or(http::StatusCode::BAD_GATEWAY);
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    send_reply(session, ctx, resp).await
+}
+
+/// Sends a response the gateway made (a filter's answer, an error) through the response
+/// filters of the filters that ran, so they see it like an upstream response.
+async fn send_reply(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    resp: filters::Response,
+) -> Result<()> {
+    let (mut head, body) = resp.into_parts();
+    head.headers
+        .insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     if let Some(id) = &ctx.request_id {
-        resp.insert_header(X_REQUEST_ID, id.clone())?;
+        head.headers.insert(X_REQUEST_ID, id.clone());
     }
-    session.write_response_header(Box::new(resp), false).await?;
+    let chain = chain_of(&ctx.runtime, ctx.route);
+    if !chain.is_empty() {
+        chain.on_response(&mut head, &mut ctx.filters).await;
+    }
+    let header = ResponseHeader::from(head);
+    let empty = body.is_empty();
     session
-        .write_response_body(Some(Bytes::from(body)), true)
-        .await
+        .write_response_header(Box::new(header), empty)
+        .await?;
+    if !empty {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -168,11 +210,14 @@ impl ProxyHttp for GatewayProxy {
             tls: false,
             started: Instant::now(),
             error: None,
+            filters: FilterContext::default(),
+            filter_reply: None,
             _in_flight: self.state.track(),
         }
     }
 
-    /// Routes the request and fixes its request id; answers 404 when no route matches.
+    /// Routes the request, fixes its request id and runs the route's request filters (the
+    /// global ones when no route matches, then 404).
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.client_ip = session
             .client_addr()
@@ -198,13 +243,54 @@ impl ProxyHttp for GatewayProxy {
                 .req_header_mut()
                 .insert_header(X_REQUEST_ID, id.clone())?;
         }
+        ctx.filters = FilterContext::new(
+            ctx.route().map(|r| r.name.clone()),
+            ctx.client_ip,
+            Some(id.clone()),
+            ctx.tls,
+        );
         ctx.request_id = Some(id);
+        let chain = chain_of(&ctx.runtime, ctx.route);
+        if !chain.is_empty() {
+            if let Flow::Respond(resp) =
+                crate::filtering::run_request(chain, session, &mut ctx.filters).await
+            {
+                send_reply(session, ctx, resp).await?;
+                return Ok(true);
+            }
+        }
         if ctx.route.is_none() {
             ctx.error = Some(GatewayError::NoRoute);
             respond(session, ctx, GatewayError::NoRoute).await?;
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// Runs the body filters (e.g. `body_limit`) on each piece of the request body; a refusal
+    /// aborts the request and `fail_to_proxy` sends the filter's response.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let chain = chain_of(&ctx.runtime, ctx.route);
+        if !chain.inspects_body() {
+            return Ok(());
+        }
+        if let Flow::Respond(resp) =
+            chain.on_request_body(body.as_ref(), end_of_stream, &mut ctx.filters)
+        {
+            let status = resp.status().as_u16();
+            ctx.filter_reply = Some(resp);
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(status),
+                "a filter refused the request body",
+            ));
+        }
+        Ok(())
     }
 
     /// Picks an endpoint of the route's cluster.
@@ -294,7 +380,7 @@ impl ProxyHttp for GatewayProxy {
         Ok(())
     }
 
-    /// Adds the request id and Via to the client's response.
+    /// Adds the request id and Via to the client's response, then runs the response filters.
     async fn response_filter(
         &self,
         session: &mut Session,
@@ -311,6 +397,10 @@ impl ProxyHttp for GatewayProxy {
         if let Some(v) = via {
             resp.insert_header(VIA, v)?;
         }
+        let chain = chain_of(&ctx.runtime, ctx.route);
+        if !chain.is_empty() {
+            crate::filtering::run_response(chain, resp, &mut ctx.filters).await;
+        }
         Ok(())
     }
 
@@ -321,6 +411,20 @@ impl ProxyHttp for GatewayProxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        if let Some(reply) = ctx.filter_reply.take() {
+            // The request body was not read to its end, so the connection cannot be reused.
+            let status = reply.status().as_u16();
+            session.set_keepalive(None);
+            if session.response_written().is_none() {
+                if let Err(write_err) = send_reply(session, ctx, reply).await {
+                    tracing::debug!(error = %write_err, "could not send the filter's response");
+                }
+            }
+            return FailToProxy {
+                error_code: status,
+                can_reuse_downstream: false,
+            };
+        }
         let error = ctx.error.or_else(|| GatewayError::classify(e));
         ctx.error = error;
         let Some(error) = error else {
@@ -366,7 +470,7 @@ impl ProxyHttp for GatewayProxy {
             method: req.method.as_str(),
             path: req.uri.path(),
             host: request_host(&req.uri, &req.headers),
-            route: route.map_or("-", |r| r.name.as_str()),
+            route: route.map_or("-", |r| &*r.name),
             cluster: route.map_or("-", |r| r.cluster.name()),
             endpoint: ctx.picked.as_ref().map(|p| p.endpoint().address),
             status,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use discovery::{Discovery, EndpointSet, StaticDiscovery, UpdateStream};
+use filters::FilterChain;
 use futures_util::{FutureExt, StreamExt};
 use http::HeaderValue;
 use serde::Serialize;
@@ -15,17 +16,19 @@ use crate::cluster::Cluster;
 use crate::config::{AccessLogSettings, Config, EndpointSource};
 use crate::router::{PathMatch, RequestView, Rewrite, RouteMatch};
 
-/// A route bound to its cluster.
+/// A route bound to its cluster and its filter chain.
 #[derive(Debug)]
 pub struct Route {
     /// Unique name.
-    pub name: String,
+    pub name: Arc<str>,
     /// Conditions.
     pub matcher: RouteMatch,
     /// Path rewrite.
     pub rewrite: Option<Rewrite>,
     /// Where matching requests go.
     pub cluster: Arc<Cluster>,
+    /// Global filters, then the route's own.
+    pub chain: FilterChain,
 }
 
 /// Everything a request needs, for one config version.
@@ -39,6 +42,8 @@ pub struct Runtime {
     pub via: HeaderValue,
     /// Access log settings.
     pub access_log: AccessLogSettings,
+    /// The global filters alone, for requests no route matches.
+    pub default_chain: FilterChain,
 }
 
 impl Runtime {
@@ -54,10 +59,11 @@ impl Runtime {
             .iter()
             .filter_map(|r| {
                 Some(Route {
-                    name: r.name.clone(),
+                    name: r.name.as_str().into(),
                     matcher: r.matcher.clone(),
                     rewrite: r.rewrite.clone(),
                     cluster: clusters.get(r.cluster)?.clone(),
+                    chain: FilterChain::concat(&config.filters, &r.filters),
                 })
             })
             .collect();
@@ -68,6 +74,7 @@ impl Runtime {
             clusters,
             via,
             access_log: config.access_log.clone(),
+            default_chain: FilterChain::new(config.filters.clone()),
         }
     }
 
@@ -109,7 +116,8 @@ impl Runtime {
         self.routes
             .iter()
             .map(|r| RouteStatus {
-                name: r.name.clone(),
+                name: r.name.to_string(),
+                filters: r.chain.names().into_iter().map(str::to_owned).collect(),
                 cluster: r.cluster.name().to_owned(),
                 host: r.matcher.host.as_ref().map(|h| match h {
                     crate::router::HostMatch::Exact(h) => h.clone(),
@@ -172,6 +180,7 @@ pub struct RouteStatus {
     methods: Option<Vec<String>>,
     headers: Vec<String>,
     rewrite: Option<String>,
+    filters: Vec<String>,
 }
 
 /// State shared by the proxy services, the admin API and shutdown.

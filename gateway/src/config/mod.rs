@@ -12,6 +12,7 @@ use std::time::Duration;
 pub use error::{ConfigError, ConfigIssue};
 
 use discovery::Endpoint;
+use filters::{FilterRegistry, NamedFilter};
 use http::HeaderName;
 
 use crate::router::{Rewrite, RouteMatch};
@@ -31,6 +32,8 @@ pub struct Config {
     pub clusters: Vec<ClusterSpec>,
     /// Routes in match order (names are unique; each names a declared cluster).
     pub routes: Vec<RouteSpec>,
+    /// Global filters, built for this config version; they run before each route's own.
+    pub filters: Vec<NamedFilter>,
 }
 
 /// Process-wide settings (`[server]`).
@@ -180,19 +183,35 @@ pub struct RouteSpec {
     pub matcher: RouteMatch,
     /// Path rewrite, if any.
     pub rewrite: Option<Rewrite>,
+    /// The route's own filters, built for this config version, in declared order.
+    pub filters: Vec<NamedFilter>,
 }
 
 impl Config {
-    /// Reads and validates a config file.
+    /// Reads and validates a config file with the built-in filters.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::io(path, &e))?;
-        Self::parse(&text, path)
+        Self::load_with(path, &FilterRegistry::with_builtins())
     }
 
-    /// Validates a config document; `source_name` names it in errors, and relative TLS file
-    /// paths are resolved against its directory.
+    /// Reads and validates a config file; filter names resolve in `registry`.
+    pub fn load_with(path: &Path, registry: &FilterRegistry) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::io(path, &e))?;
+        Self::parse_with(&text, path, registry)
+    }
+
+    /// Validates a config document with the built-in filters; `source_name` names it in
+    /// errors, and relative file paths (TLS, keys) are resolved against its directory.
     pub fn parse(text: &str, source_name: &Path) -> Result<Self, ConfigError> {
-        validate::validate(text, source_name)
+        Self::parse_with(text, source_name, &FilterRegistry::with_builtins())
+    }
+
+    /// Validates a config document; filters are built by the factories in `registry`.
+    pub fn parse_with(
+        text: &str,
+        source_name: &Path,
+        registry: &FilterRegistry,
+    ) -> Result<Self, ConfigError> {
+        validate::validate(text, source_name, registry)
     }
 
     /// The cluster a route sends to.

@@ -20,7 +20,14 @@ pub(crate) struct RawConfig {
     pub(crate) clusters: BTreeMap<Spanned<String>, Spanned<RawCluster>>,
     #[serde(default)]
     pub(crate) routes: Vec<Spanned<RawRoute>>,
+    /// Global filters, run before every route's own.
+    #[serde(default)]
+    pub(crate) filters: Vec<Spanned<RawFilter>>,
 }
+
+/// One `[[filters]]` / `[[routes.filters]]` entry: `filter = "NAME"` plus the filter's own
+/// settings, kept with their positions so a bad setting is reported at its line.
+pub(crate) type RawFilter = BTreeMap<Spanned<String>, Spanned<toml::Value>>;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -94,6 +101,8 @@ pub(crate) struct RawRoute {
     pub(crate) headers: Vec<Spanned<RawHeaderMatch>>,
     pub(crate) prefix_rewrite: Option<Spanned<String>>,
     pub(crate) rewrite: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(crate) filters: Vec<Spanned<RawFilter>>,
 }
 
 #[derive(Debug, Deserialize)]

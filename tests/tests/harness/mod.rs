@@ -18,37 +18,41 @@ const READY_DEADLINE: Duration = Duration::from_secs(30);
 /// The `gateway` binary, built once per test process for the profile the tests run in.
 pub fn gateway_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let release = std::env::current_exe()
-            .map(|p| p.components().any(|c| c.as_os_str() == "release"))
-            .unwrap_or(false);
-        let mut cmd = Command::new(cargo);
-        cmd.args([
-            "build",
-            "-q",
-            "-p",
-            "gateway",
-            "--bin",
-            "gateway",
-            "--message-format=json",
-        ]);
-        if release {
-            cmd.arg("--release");
-        }
-        let out = cmd
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run cargo build");
-        assert!(out.status.success(), "building the gateway failed");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        stdout
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == "gateway")
-            .find_map(|v| v["executable"].as_str().map(PathBuf::from))
-            .expect("cargo reported the gateway executable")
-    })
+    BIN.get_or_init(|| built_bin("gateway", "gateway"))
+}
+
+/// Builds binary `bin` of workspace package `package` (for the profile the tests run in) and
+/// returns its path.
+pub fn built_bin(package: &str, bin: &str) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let release = std::env::current_exe()
+        .map(|p| p.components().any(|c| c.as_os_str() == "release"))
+        .unwrap_or(false);
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "-q",
+        "-p",
+        package,
+        "--bin",
+        bin,
+        "--message-format=json",
+    ]);
+    if release {
+        cmd.arg("--release");
+    }
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run cargo build");
+    assert!(out.status.success(), "building {package}/{bin} failed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["reason"] == "compiler-artifact" && v["target"]["name"] == bin)
+        .find_map(|v| v["executable"].as_str().map(PathBuf::from))
+        .expect("cargo reported the executable")
 }
 
 /// A loopback port the OS just handed out (the gateway binds it right after; pingora binds its
@@ -103,6 +107,11 @@ impl Gateway {
 
     /// Like [`Gateway::start`] with extra files written next to the config.
     pub async fn start_with(body: &str, files: &[(&str, &[u8])]) -> Self {
+        Self::start_bin(gateway_bin(), body, files).await
+    }
+
+    /// Like [`Gateway::start_with`] for another gateway binary (one built from the library).
+    pub async fn start_bin(bin: &Path, body: &str, files: &[(&str, &[u8])]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         for (name, content) in files {
             std::fs::write(dir.path().join(name), content).expect("write file");
@@ -116,7 +125,7 @@ impl Gateway {
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, config).expect("write config");
         let log = std::fs::File::create(dir.path().join("gateway.log")).expect("log file");
-        let child = Command::new(gateway_bin())
+        let child = Command::new(bin)
             .args(["run", "--config"])
             .arg(&path)
             .stdout(log.try_clone().expect("log fd"))
@@ -273,4 +282,106 @@ pub async fn get_json(client: &reqwest::Client, url: &str) -> (u16, serde_json::
     let status = resp.status().as_u16();
     let body = resp.json().await.unwrap_or(serde_json::Value::Null);
     (status, body)
+}
+
+/// Path of a development key file in `config/dev-keys`.
+pub fn dev_key(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../config/dev-keys")
+        .join(name)
+}
+
+/// Signs `claims` with the dev key `key_file` (`rs256.key.pem`, ...) as `alg` with `kid`.
+pub fn sign_token(
+    alg: jsonwebtoken::Algorithm,
+    key_file: &str,
+    kid: Option<&str>,
+    claims: &serde_json::Value,
+) -> String {
+    use jsonwebtoken::{Algorithm::*, EncodingKey};
+    let pem = std::fs::read(dev_key(key_file)).expect("dev key");
+    let key = match alg {
+        RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => EncodingKey::from_rsa_pem(&pem),
+        ES256 | ES384 => EncodingKey::from_ec_pem(&pem),
+        EdDSA => EncodingKey::from_ed_pem(&pem),
+        _ => Ok(EncodingKey::from_secret(&pem)),
+    }
+    .expect("encoding key");
+    let mut header = jsonwebtoken::Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(&header, claims, &key).expect("sign")
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A JWKS endpoint on an ephemeral port serving a document the test can replace, counting
+/// fetches.
+pub struct JwksServer {
+    pub addr: SocketAddr,
+    doc: std::sync::Arc<std::sync::Mutex<String>>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl JwksServer {
+    /// Serves `doc` at `/jwks.json`.
+    pub async fn start(doc: String) -> Self {
+        use std::sync::atomic::Ordering;
+        let doc = std::sync::Arc::new(std::sync::Mutex::new(doc));
+        let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind jwks");
+        let addr = listener.local_addr().expect("addr");
+        let (d, f) = (doc.clone(), fetches.clone());
+        let app = axum::Router::new().route(
+            "/jwks.json",
+            axum::routing::get(move || {
+                let (d, f) = (d.clone(), f.clone());
+                async move {
+                    f.fetch_add(1, Ordering::SeqCst);
+                    let body = d.lock().map(|d| d.clone()).unwrap_or_default();
+                    ([("content-type", "application/json")], body)
+                }
+            }),
+        );
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            addr,
+            doc,
+            fetches,
+            task,
+        }
+    }
+
+    /// The URL of the document.
+    pub fn url(&self) -> String {
+        format!("http://{}/jwks.json", self.addr)
+    }
+
+    /// Replaces the document.
+    pub fn set(&self, doc: String) {
+        if let Ok(mut d) = self.doc.lock() {
+            *d = doc;
+        }
+    }
+
+    /// Fetches served so far.
+    pub fn fetches(&self) -> usize {
+        self.fetches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for JwksServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

@@ -9,6 +9,7 @@ use http::HeaderValue;
 use toml::Spanned;
 
 mod cluster;
+mod filters;
 mod routes;
 
 use super::error::{line_col, ConfigError, ConfigIssue, Issues};
@@ -19,7 +20,11 @@ use routes::routes;
 
 const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 
-pub(super) fn validate(text: &str, source_name: &Path) -> Result<Config, ConfigError> {
+pub(super) fn validate(
+    text: &str,
+    source_name: &Path,
+    registry: &::filters::FilterRegistry,
+) -> Result<Config, ConfigError> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| syntax_error(text, source_name, &e))?;
     let base_dir = source_name.parent().unwrap_or_else(|| Path::new("."));
     let mut issues = Issues::new(text);
@@ -51,7 +56,18 @@ pub(super) fn validate(text: &str, source_name: &Path) -> Result<Config, ConfigE
         }
     }
     let names: Vec<&str> = raw.clusters.keys().map(|k| k.get_ref().as_str()).collect();
-    let routes = routes(&raw.routes, &cluster_index, &names, text, &mut issues);
+    let global = filters::filter_list(&raw.filters, "global", registry, base_dir, &mut issues);
+    let routes = routes(
+        &raw.routes,
+        &routes::Context {
+            clusters: &cluster_index,
+            cluster_names: &names,
+            text,
+            registry,
+            base_dir,
+        },
+        &mut issues,
+    );
 
     if !issues.is_empty() {
         return Err(issues.into_error(source_name));
@@ -63,6 +79,7 @@ pub(super) fn validate(text: &str, source_name: &Path) -> Result<Config, ConfigE
         listeners,
         clusters,
         routes,
+        filters: global,
     })
 }
 

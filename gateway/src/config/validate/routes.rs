@@ -1,6 +1,7 @@
 //! Validation of `[[routes]]`: match conditions, rewrites, cluster references, shadowing.
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use http::{HeaderName, HeaderValue, Method};
 use toml::Spanned;
@@ -208,13 +209,21 @@ fn rewrite(r: &RawRoute, matcher: &RouteMatch, issues: &mut Issues<'_>) -> Optio
     }
 }
 
+/// What route validation needs from the rest of the document.
+pub(super) struct Context<'a> {
+    pub(super) clusters: &'a HashMap<String, usize>,
+    pub(super) cluster_names: &'a [&'a str],
+    pub(super) text: &'a str,
+    pub(super) registry: &'a filters::FilterRegistry,
+    pub(super) base_dir: &'a Path,
+}
+
 pub(super) fn routes(
     raw: &[Spanned<RawRoute>],
-    clusters: &HashMap<String, usize>,
-    cluster_names: &[&str],
-    text: &str,
+    cx: &Context<'_>,
     issues: &mut Issues<'_>,
 ) -> Vec<RouteSpec> {
+    let (clusters, cluster_names, text) = (cx.clusters, cx.cluster_names, cx.text);
     let mut out: Vec<(RouteSpec, usize)> = Vec::new();
     for r in raw {
         let span = r.span();
@@ -263,12 +272,20 @@ pub(super) fn routes(
             );
         }
         let line = line_col(text, span.start).0;
+        let filters = super::filters::filter_list(
+            &r.filters,
+            &format!("route `{name}`"),
+            cx.registry,
+            cx.base_dir,
+            issues,
+        );
         out.push((
             RouteSpec {
                 name: name.clone(),
                 cluster: cluster.unwrap_or(0),
                 matcher,
                 rewrite: rw,
+                filters,
             },
             line,
         ));

@@ -1,0 +1,67 @@
+//! Validation of filter lists (`[[filters]]`, `[[routes.filters]]`): each entry names a
+//! registered filter whose factory checks the settings and builds it once for this version.
+
+use std::path::Path;
+
+use filters::{FilterRegistry, FilterSettings, NamedFilter};
+use toml::Spanned;
+
+use crate::config::error::Issues;
+use crate::config::raw::RawFilter;
+
+/// Builds the filters of one list; `owner` names the list in messages (`global`,
+/// ``route `api` ``).
+pub(super) fn filter_list(
+    raw: &[Spanned<RawFilter>],
+    owner: &str,
+    registry: &FilterRegistry,
+    base_dir: &Path,
+    issues: &mut Issues<'_>,
+) -> Vec<NamedFilter> {
+    let mut out = Vec::new();
+    for entry in raw {
+        let span = entry.span();
+        let entry = entry.get_ref();
+        let name = entry.iter().find(|(k, _)| k.get_ref() == "filter");
+        let Some((name_key, name_value)) = name else {
+            issues.at(
+                span,
+                format!("{owner} filter entry has no `filter` key"),
+                format!(
+                    "name the filter, e.g. filter = \"jwt\" (registered: {})",
+                    registry.names().join(", ")
+                ),
+            );
+            continue;
+        };
+        let Some(name) = name_value.get_ref().as_str() else {
+            issues.at(
+                name_value.span(),
+                format!("{owner}: `filter` must be a string"),
+                "write filter = \"NAME\"",
+            );
+            continue;
+        };
+        let table: toml::Table = entry
+            .iter()
+            .filter(|(k, _)| k.get_ref() != "filter")
+            .map(|(k, v)| (k.get_ref().clone(), v.get_ref().clone()))
+            .collect();
+        let settings = FilterSettings::new(table, base_dir);
+        match registry.build(name, &settings) {
+            Ok(f) => out.push(f),
+            Err(e) => {
+                let at = if !registry.contains(name) {
+                    name_value.span()
+                } else {
+                    e.key
+                        .as_deref()
+                        .and_then(|key| entry.iter().find(|(k, _)| k.get_ref() == key))
+                        .map_or_else(|| name_key.span(), |(k, _)| k.span())
+                };
+                issues.at(at, format!("{owner} filter `{name}`: {}", e.message), e.fix);
+            }
+        }
+    }
+    out
+}
