@@ -17,7 +17,7 @@ fn check_accepts_the_demo_config() {
     let (code, out, err) = run_gateway_cli(&["check", "--config", demo]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains(": ok (1 listeners, 3 clusters, 4 routes, "),
+        out.contains(": ok (1 listeners, 3 clusters, 5 routes, 6 filters)"),
         "{out}"
     );
 }
