@@ -1,7 +1,7 @@
 //! `jwt`: verifies `Authorization: Bearer` tokens and sets the caller's identity.
 //!
 //! - Algorithms: HS256/384/512, RS256/384/512, PS256/384/512, ES256/384, EdDSA
-//!   (`jsonwebtoken`, RustCrypto backend, self-tested when the first filter is built).
+//!   (`jsonwebtoken` with its aws-lc backend, self-tested when the first filter is built).
 //! - Keys: inline (`secret`, `pem`), `pem_file`, and/or a `jwks_url` fetched in the background.
 //!   A key verifies only its own algorithm, so `alg: none` and algorithm confusion (an HS256
 //!   token against an RSA public key) are refused. Keys are never taken from the token
@@ -195,7 +195,7 @@ impl JwtFilter {
         crypto_self_test().map_err(|e| {
             FilterConfigError::new(
                 format!("JWT verification is unusable in this build: {e}"),
-                "build the filters crate with jsonwebtoken's `rust_crypto` feature only",
+                "build with exactly one jsonwebtoken crypto backend feature (this workspace uses `aws_lc_rs`)",
             )
         })?;
         let st: Settings = s.parse()?;
