@@ -1,12 +1,15 @@
-//! The admin API on its own (loopback by default) listener: health, readiness, routes and
-//! clusters as JSON.
+//! The admin API on its own (loopback by default) listener: health, readiness, routes,
+//! clusters and circuit breakers as JSON, and the SRE controls that force a breaker open or
+//! closed or reset it.
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use std::time::Instant;
+
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use serde_json::json;
 
@@ -19,6 +22,9 @@ pub fn router(state: Arc<GatewayState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/routes", get(routes))
         .route("/clusters", get(clusters))
+        .route("/breakers", get(breakers))
+        .route("/breakers/{cluster}", get(breaker))
+        .route("/breakers/{cluster}/{action}", post(breaker_action))
         .fallback(not_found)
         .with_state(state)
 }
@@ -63,10 +69,79 @@ async fn clusters(State(state): State<Arc<GatewayState>>) -> Response {
     Json(json!({ "clusters": clusters })).into_response()
 }
 
+async fn breakers(State(state): State<Arc<GatewayState>>) -> Response {
+    let runtime = state.runtime();
+    let now = Instant::now();
+    let list: Vec<_> = runtime
+        .clusters
+        .iter()
+        .map(|c| crate::cluster::resilience_status(c, now))
+        .collect();
+    Json(json!({ "breakers": list })).into_response()
+}
+
+fn unknown_cluster(state: &GatewayState, name: &str) -> Response {
+    let known: Vec<String> = state
+        .runtime()
+        .clusters
+        .iter()
+        .map(|c| c.name().to_owned())
+        .collect();
+    let body = json!({
+        "error": "unknown_cluster",
+        "reason": format!("no cluster is named `{name}`"),
+        "clusters": known,
+    });
+    (StatusCode::NOT_FOUND, Json(body)).into_response()
+}
+
+async fn breaker(State(state): State<Arc<GatewayState>>, Path(name): Path<String>) -> Response {
+    let runtime = state.runtime();
+    match runtime.clusters.iter().find(|c| c.name() == name) {
+        Some(c) => Json(crate::cluster::resilience_status(c, Instant::now())).into_response(),
+        None => unknown_cluster(&state, &name),
+    }
+}
+
+/// `POST /breakers/{cluster}/force_open | force_closed | reset`.
+async fn breaker_action(
+    State(state): State<Arc<GatewayState>>,
+    Path((name, action)): Path<(String, String)>,
+) -> Response {
+    let runtime = state.runtime();
+    let Some(cluster) = runtime.clusters.iter().find(|c| c.name() == name) else {
+        return unknown_cluster(&state, &name);
+    };
+    let Some(b) = cluster.breaker() else {
+        let body = json!({
+            "error": "breaker_disabled",
+            "reason": format!("cluster `{name}` has its circuit breaker disabled"),
+        });
+        return (StatusCode::CONFLICT, Json(body)).into_response();
+    };
+    let now = Instant::now();
+    let force = match action.as_str() {
+        "force_open" => Some(resilience::Force::Open),
+        "force_closed" => Some(resilience::Force::Closed),
+        "reset" => None,
+        other => {
+            let body = json!({
+                "error": "unknown_action",
+                "reason": format!("`{other}` is not a breaker action"),
+                "actions": ["force_open", "force_closed", "reset"],
+            });
+            return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+        }
+    };
+    tracing::warn!(cluster = %name, action = %action, "circuit breaker changed by an operator");
+    b.force(force, now);
+    Json(crate::cluster::resilience_status(cluster, now)).into_response()
+}
+
 async fn not_found() -> Response {
     let body = json!({
         "error": "not_found",
-        "endpoints": ["/healthz", "/readyz", "/routes", "/clusters"],
+        "endpoints": ["/healthz", "/readyz", "/routes", "/clusters", "/breakers", "/breakers/{cluster}", "POST /breakers/{cluster}/force_open|force_closed|reset"],
     });
     (StatusCode::NOT_FOUND, Json(body)).into_response()
 }

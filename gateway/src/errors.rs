@@ -19,6 +19,12 @@ pub enum GatewayError {
     UpstreamTimeout,
     /// The upstream broke the exchange (closed early, invalid response).
     UpstreamBroken,
+    /// The cluster's circuit breaker is refusing calls.
+    CircuitOpen,
+    /// The cluster's bulkhead is full.
+    BulkheadFull,
+    /// The upstream answered with a failure status and the fallback could not answer.
+    UpstreamStatus,
     /// The client sent something the gateway cannot proxy.
     BadRequest,
     /// A bug or resource problem inside the gateway.
@@ -53,8 +59,8 @@ impl GatewayError {
     pub fn status(self) -> u16 {
         match self {
             Self::NoRoute => 404,
-            Self::NoEndpoints => 503,
-            Self::ConnectFailed | Self::UpstreamBroken => 502,
+            Self::NoEndpoints | Self::CircuitOpen | Self::BulkheadFull => 503,
+            Self::ConnectFailed | Self::UpstreamBroken | Self::UpstreamStatus => 502,
             Self::ConnectTimeout | Self::UpstreamTimeout => 504,
             Self::BadRequest => 400,
             Self::Internal => 500,
@@ -70,6 +76,9 @@ impl GatewayError {
             Self::ConnectTimeout => "upstream_connect_timeout",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::UpstreamBroken => "upstream_error",
+            Self::CircuitOpen => "circuit_open",
+            Self::BulkheadFull => "bulkhead_full",
+            Self::UpstreamStatus => "upstream_error_status",
             Self::BadRequest => "bad_request",
             Self::Internal => "internal_error",
         }
@@ -84,6 +93,9 @@ impl GatewayError {
             Self::ConnectTimeout => "connecting to the upstream timed out",
             Self::UpstreamTimeout => "the upstream did not respond in time",
             Self::UpstreamBroken => "the upstream response was broken or cut short",
+            Self::CircuitOpen => "the route's cluster is failing and its circuit breaker is open",
+            Self::BulkheadFull => "the route's cluster is at its concurrency limit",
+            Self::UpstreamStatus => "the upstream answered with an error",
             Self::BadRequest => "the request could not be proxied",
             Self::Internal => "internal gateway error",
         }

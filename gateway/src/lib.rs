@@ -11,6 +11,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod errors;
+pub mod fallback;
 mod filtering;
 pub mod proxy;
 pub mod router;

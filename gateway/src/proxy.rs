@@ -2,9 +2,9 @@
 //! endpoint, set proxy headers, map failures, write the access log).
 
 use std::borrow::Cow;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -16,9 +16,12 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::cluster::Picked;
-use crate::config::{HashKey, LoadBalancing};
+use resilience::{BulkheadPermit, Event, Outcome, Permit};
+
+use crate::cluster::{Cluster, Picked};
+use crate::config::{HashKey, RetryPolicy};
 use crate::errors::GatewayError;
+use crate::fallback::{self, Capture, Failure, LastGood};
 use crate::router::{request_host, RequestView};
 use crate::runtime::{GatewayState, InFlightGuard, Route, Runtime};
 
@@ -28,6 +31,9 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 /// Longest client-supplied request id that is passed on; longer ones are replaced.
 const MAX_REQUEST_ID: usize = 128;
+/// Attempts pingora may make per request: 10 retries (the config maximum), a fallback cluster,
+/// and a retry of a stale pooled connection. Each retry is decided by [`GatewayProxy`].
+pub const MAX_ATTEMPTS: usize = 13;
 
 /// The gateway's pingora proxy logic.
 #[derive(Debug, Clone)]
@@ -57,7 +63,38 @@ pub struct RequestCtx {
     filters: FilterContext,
     /// A response a body filter answered with; sent by `fail_to_proxy`.
     filter_reply: Option<filters::Response>,
+    /// The upstream exchange: attempts, breaker permit, bulkhead slot, retries, fallback.
+    call: Call,
     _in_flight: InFlightGuard,
+}
+
+/// Resilience state of one request's upstream exchange.
+#[derive(Debug, Default)]
+struct Call {
+    /// The cluster being called: the route's, or its fallback cluster.
+    target: Option<Arc<Cluster>>,
+    /// Why the request moved to the fallback cluster.
+    on_fallback_cluster: Option<Failure>,
+    attempts: u32,
+    retries: u32,
+    /// Endpoints already tried (retries go elsewhere).
+    tried: Vec<SocketAddr>,
+    deadline: Option<Instant>,
+    /// The breaker's permit for the current attempt, until its outcome is recorded.
+    permit: Option<Permit>,
+    /// The bulkhead slot, held until the request ends.
+    slot: Option<BulkheadPermit>,
+    attempt_started: Option<Instant>,
+    /// The current attempt's response headers arrived and were accepted.
+    answered: bool,
+    /// The last failure, for retries and the fallback.
+    failure: Option<Failure>,
+    /// The retry decision for the error `upstream_response_filter` raised on a status.
+    status_retry: Option<bool>,
+    /// An attempt got as far as an upstream connection.
+    reached_upstream: bool,
+    /// The response being recorded for `last_good` fallbacks.
+    capture: Option<Capture>,
 }
 
 impl RequestCtx {
@@ -145,6 +182,135 @@ fn hash_input(key: &HashKey, req: &RequestHeader, client_ip: Option<IpAddr>) -> 
     }
 }
 
+/// Admits one attempt to `cluster`: the deadline, the breaker, the bulkhead (one slot per
+/// cluster for the whole request), then an endpoint not tried yet.
+async fn admit(
+    cluster: &Arc<Cluster>,
+    call: &mut Call,
+    hash: &[u8],
+    now: Instant,
+) -> std::result::Result<Picked, Failure> {
+    if call.deadline.is_some_and(|d| now >= d) {
+        return Err(Failure::Timeout);
+    }
+    let permit = match cluster.breaker() {
+        Some(b) => Some(b.try_acquire(now).map_err(|_| Failure::CircuitOpen)?),
+        None => None,
+    };
+    if call.slot.is_none() {
+        let bulkhead = cluster.bulkhead();
+        let wait = cluster.spec().policy.bulkhead.queue_timeout;
+        let slot = if wait.is_zero() {
+            bulkhead.try_acquire()
+        } else {
+            bulkhead.acquire(tokio::time::sleep(wait)).await
+        };
+        match slot {
+            Ok(s) => call.slot = Some(s),
+            Err(_) => {
+                drop(permit);
+                if let Some(b) = cluster.breaker() {
+                    b.record(Event::Rejected, Instant::now());
+                }
+                return Err(Failure::BulkheadFull);
+            }
+        }
+    }
+    let picked = cluster
+        .pick_avoiding(hash, &call.tried, now)
+        .ok_or(Failure::NoEndpoints)?;
+    call.permit = permit;
+    Ok(picked)
+}
+
+/// Moves the request to the route's fallback cluster when its fallback covers `failure` and
+/// the request is not there already.
+fn switch_to_fallback_cluster(route: &Route, call: &mut Call, failure: Failure) -> bool {
+    let (Some(spec), Some(cluster)) = (&route.policy.fallback, &route.fallback_cluster) else {
+        return false;
+    };
+    if call.on_fallback_cluster.is_some() || !spec.on.covers(failure) {
+        return false;
+    }
+    tracing::debug!(route = %route.name, to = cluster.name(), reason = %failure.reason(), "sending to the fallback cluster");
+    call.on_fallback_cluster = Some(failure);
+    call.target = Some(cluster.clone());
+    call.slot = None;
+    call.tried.clear();
+    true
+}
+
+/// Records a failed attempt on the breaker and the endpoint.
+fn attempt_failed(ctx: &mut RequestCtx, outcome: Outcome, failure: Failure, now: Instant) {
+    let call = &mut ctx.call;
+    call.failure = Some(failure);
+    if let Some(p) = call.permit.take() {
+        let latency = call
+            .attempt_started
+            .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
+        p.record(outcome, latency, now);
+    }
+    if let (Some(cluster), Some(picked)) = (&call.target, &ctx.picked) {
+        cluster.endpoint_failed(picked, now);
+    }
+}
+
+/// The retry policy in force: the route's override, else the target cluster's.
+fn retry_policy(route: &Route, cluster: &Cluster) -> RetryPolicy {
+    route.policy.retry.unwrap_or(cluster.spec().policy.retry)
+}
+
+/// Whether to make another attempt after `failure`: a retry on another endpoint (policy,
+/// method, budget, deadline), else the route's fallback cluster. `sent` says whether the
+/// request reached the upstream.
+fn retry_decision(
+    session: &Session,
+    ctx: &mut RequestCtx,
+    failure: Failure,
+    sent: bool,
+    now: Instant,
+) -> bool {
+    let runtime = ctx.runtime.clone();
+    let Some(route) = ctx.route.and_then(|i| runtime.routes.get(i)) else {
+        return false;
+    };
+    if session.response_written().is_some()
+        || (sent && session.as_ref().retry_buffer_truncated())
+        || ctx.call.deadline.is_some_and(|d| now >= d)
+    {
+        return false;
+    }
+    let idempotent = session.req_header().method.is_idempotent();
+    let call = &mut ctx.call;
+    let cluster = call.target.clone().unwrap_or_else(|| route.cluster.clone());
+    let policy = retry_policy(route, &cluster);
+    let wanted = match failure {
+        Failure::ConnectFailure => policy.on.connect_failure,
+        Failure::Timeout if !sent => policy.on.connect_failure || policy.on.timeout,
+        Failure::Timeout => policy.on.timeout,
+        Failure::Reset => policy.on.reset,
+        Failure::Status(s) => policy.on.statuses.contains(s),
+        Failure::CircuitOpen | Failure::BulkheadFull | Failure::NoEndpoints => false,
+    };
+    let safe = !sent || idempotent || policy.non_idempotent;
+    if wanted && safe && call.retries < policy.retries && cluster.budget().try_withdraw(now) {
+        call.retries += 1;
+        return true;
+    }
+    (!sent || idempotent) && switch_to_fallback_cluster(route, call, failure)
+}
+
+/// The cache key of the request for `last_good` fallbacks (GET only).
+fn last_good_key(session: &Session) -> Option<Box<str>> {
+    let req = session.req_header();
+    (req.method == http::Method::GET).then(|| {
+        LastGood::key(
+            request_host(&req.uri, &req.headers),
+            req.uri.path_and_query().map_or("/", |p| p.as_str()),
+        )
+    })
+}
+
 /// Writes a gateway-made JSON error response.
 async fn respond(session: &mut Session, ctx: &mut RequestCtx, error: GatewayError) -> Result<()> {
     let route = ctx.route();
@@ -196,6 +362,52 @@ async fn send_reply(
     Ok(())
 }
 
+impl GatewayProxy {
+    /// Answers a failed upstream call with the route's local fallback (last good response,
+    /// then the static one) when it covers the failure; returns the status sent.
+    async fn try_fallback(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        error: GatewayError,
+        reusable: bool,
+    ) -> Option<u16> {
+        if session.response_written().is_some() {
+            return None;
+        }
+        let runtime = ctx.runtime.clone();
+        let route = ctx.route.and_then(|i| runtime.routes.get(i))?;
+        let spec = route.policy.fallback.as_ref()?;
+        let failure = ctx.call.failure.or_else(|| Failure::of(error))?;
+        let now = Instant::now();
+        let key = last_good_key(session);
+        let last_good = match (&route.last_good, &key) {
+            (Some(lg), Some(k)) => Some((lg, &**k)),
+            _ => None,
+        };
+        let answer = fallback::local_answer(spec, last_good, failure, now);
+        if let Some(b) = route.cluster.breaker() {
+            if spec.on.covers(failure) {
+                let event = if answer.is_some() {
+                    Event::FallbackSuccess
+                } else {
+                    Event::FallbackFailure
+                };
+                b.record(event, now);
+            }
+        }
+        let answer = answer?;
+        let status = answer.status().as_u16();
+        if !reusable {
+            session.set_keepalive(None);
+        }
+        if let Err(write_err) = send_reply(session, ctx, answer).await {
+            tracing::debug!(error = %write_err, "could not send the fallback response");
+        }
+        Some(status)
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for GatewayProxy {
     type CTX = RequestCtx;
@@ -212,6 +424,7 @@ impl ProxyHttp for GatewayProxy {
             error: None,
             filters: FilterContext::default(),
             filter_reply: None,
+            call: Call::default(),
             _in_flight: self.state.track(),
         }
     }
@@ -293,47 +506,151 @@ impl ProxyHttp for GatewayProxy {
         Ok(())
     }
 
-    /// Picks an endpoint of the route's cluster.
+    /// Admits the attempt (deadline, breaker, bulkhead) and picks an endpoint of the target
+    /// cluster that this request has not tried yet. Refusals move the request to the route's
+    /// fallback cluster, or end it for the fallback in `fail_to_proxy`.
     async fn upstream_peer(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let cluster = ctx.route().map(|r| r.cluster.clone()).ok_or_else(|| {
-            Error::explain(ErrorType::InternalError, "upstream_peer without a route")
-        })?;
-        let picked = match &cluster.spec().load_balancing {
-            LoadBalancing::ConsistentHash(key) => {
-                cluster.pick(&hash_input(key, session.req_header(), ctx.client_ip))
-            }
-            _ => cluster.pick(b""),
-        };
-        match picked {
-            Some(p) => {
-                let peer = p.peer();
-                ctx.picked = Some(p);
-                Ok(peer)
-            }
-            None => {
-                ctx.error = Some(GatewayError::NoEndpoints);
-                Err(Error::explain(
-                    ErrorType::HTTPStatus(503),
-                    "cluster has no endpoints",
-                ))
+        let runtime = ctx.runtime.clone();
+        let route = ctx
+            .route
+            .and_then(|i| runtime.routes.get(i))
+            .ok_or_else(|| {
+                Error::explain(ErrorType::InternalError, "upstream_peer without a route")
+            })?;
+        let now = Instant::now();
+        let call = &mut ctx.call;
+        if call.attempts == 0 {
+            call.target = Some(route.cluster.clone());
+            route.cluster.budget().deposit(now);
+            call.deadline = route
+                .policy
+                .timeout
+                .or(route.cluster.spec().policy.timeout)
+                .map(|t| now + t);
+        }
+        call.attempts += 1;
+        call.permit = None;
+        call.answered = false;
+        call.status_retry = None;
+        loop {
+            let cluster = call.target.clone().unwrap_or_else(|| route.cluster.clone());
+            let hash = match &cluster.spec().load_balancing {
+                crate::config::LoadBalancing::ConsistentHash(key) => {
+                    hash_input(key, session.req_header(), ctx.client_ip)
+                }
+                _ => Vec::new(),
+            };
+            match admit(&cluster, call, &hash, now).await {
+                Ok(picked) => {
+                    let per_try = route
+                        .policy
+                        .per_try_timeout
+                        .unwrap_or(cluster.spec().policy.per_try_timeout);
+                    let read = match call.deadline {
+                        Some(d) => per_try.min(d.saturating_duration_since(now)),
+                        None => per_try,
+                    };
+                    let mut peer = picked.peer();
+                    peer.options.read_timeout = Some(read.max(Duration::from_millis(1)));
+                    call.tried.push(picked.endpoint().address);
+                    call.attempt_started = Some(now);
+                    call.reached_upstream = true;
+                    ctx.picked = Some(picked);
+                    return Ok(peer);
+                }
+                Err(failure) => {
+                    if switch_to_fallback_cluster(route, call, failure) {
+                        continue;
+                    }
+                    call.failure = Some(failure);
+                    ctx.error = Some(failure.error());
+                    return Err(Error::explain(
+                        ErrorType::HTTPStatus(failure.error().status()),
+                        "the upstream call was refused",
+                    ));
+                }
             }
         }
     }
 
-    /// Retries are not attempted yet (they come with retry budgets): a failed connect fails
-    /// the request with a clear 502/504.
+    /// Records the failed connect and decides whether to try another endpoint (the request
+    /// was not sent, so any method may be retried).
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _peer: &HttpPeer,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        e.set_retry(false);
+        let now = Instant::now();
+        let (outcome, failure) = if e.etype() == &ErrorType::ConnectTimedout {
+            (Outcome::Timeout, Failure::Timeout)
+        } else {
+            (Outcome::Failure, Failure::ConnectFailure)
+        };
+        attempt_failed(ctx, outcome, failure, now);
+        let retry = retry_decision(session, ctx, failure, false, now);
+        e.set_retry(retry);
+        e
+    }
+
+    /// Records a failure after the request was sent and decides on a retry: only before any
+    /// response reached the client, for idempotent requests (unless the route allows others),
+    /// within the retry budget and the deadline.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if let Some(retry) = ctx.call.status_retry.take() {
+            e.set_retry(retry);
+            return e;
+        }
+        let now = Instant::now();
+        if ctx.call.answered || e.esource() != &ErrorSource::Upstream {
+            // The response was already under way, or the client failed: never retried.
+            if ctx.call.answered && e.esource() == &ErrorSource::Upstream {
+                if let (Some(c), Some(p)) = (&ctx.call.target, &ctx.picked) {
+                    c.endpoint_failed(p, now);
+                }
+            }
+            e.set_retry(false);
+            return e;
+        }
+        // A pooled connection the upstream had already closed: pingora's own retry case,
+        // not a sign of a sick endpoint.
+        let mut stale = e.retry;
+        stale.decide_reuse(client_reused);
+        if stale.retry()
+            && matches!(
+                e.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError
+            )
+            && session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+            && ctx.call.attempts < MAX_ATTEMPTS as u32 - 1
+        {
+            ctx.call.permit = None;
+            e.set_retry(true);
+            return e;
+        }
+        let (outcome, failure) = match e.etype() {
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                (Outcome::Timeout, Failure::Timeout)
+            }
+            _ => (Outcome::Failure, Failure::Reset),
+        };
+        attempt_failed(ctx, outcome, failure, now);
+        let retry = retry_decision(session, ctx, failure, true, now);
+        e.set_retry(retry);
         e
     }
 
@@ -380,6 +697,109 @@ impl ProxyHttp for GatewayProxy {
         Ok(())
     }
 
+    /// Records the attempt's outcome (breaker, endpoint). A failure status is retried on
+    /// another endpoint when the policy allows, or handed to the route's fallback when it can
+    /// answer; otherwise the upstream's response is relayed. Good GET responses are recorded
+    /// for `last_good` fallbacks.
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(cluster) = ctx.call.target.clone() else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let status = resp.status.as_u16();
+        let failed = cluster
+            .spec()
+            .policy
+            .breaker
+            .as_ref()
+            .map_or(status >= 500, |b| b.failure_statuses.contains(status));
+        if let Some(p) = ctx.call.permit.take() {
+            let latency = ctx
+                .call
+                .attempt_started
+                .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
+            let outcome = if failed {
+                Outcome::Failure
+            } else {
+                Outcome::Success
+            };
+            p.record(outcome, latency, now);
+        }
+        if let Some(p) = &ctx.picked {
+            if status >= 500 {
+                cluster.endpoint_failed(p, now);
+            } else {
+                cluster.endpoint_succeeded(p);
+            }
+        }
+        ctx.call.answered = true;
+        let runtime = ctx.runtime.clone();
+        let Some(route) = ctx.route.and_then(|i| runtime.routes.get(i)) else {
+            return Ok(());
+        };
+        let retry_status = retry_policy(route, &cluster).on.statuses.contains(status);
+        if failed || retry_status {
+            let failure = Failure::Status(status);
+            ctx.call.failure = Some(failure);
+            let explain = |what| Error::explain(ErrorType::HTTPStatus(status), what);
+            if retry_decision(session, ctx, failure, true, now) {
+                ctx.call.status_retry = Some(true);
+                return Err(explain("the upstream answered with a retryable status"));
+            }
+            if let Some(spec) = &route.policy.fallback {
+                let key = last_good_key(session);
+                let cached = match (&route.last_good, &key) {
+                    (Some(lg), Some(k)) => lg.answer(k, now).is_some(),
+                    _ => false,
+                };
+                if spec.on.covers(failure) && (cached || spec.response.is_some()) {
+                    ctx.call.status_retry = Some(false);
+                    ctx.error = Some(GatewayError::UpstreamStatus);
+                    return Err(explain("the upstream answered with a failure status"));
+                }
+            }
+            return Ok(());
+        }
+        ctx.call.failure = None;
+        if ctx.call.on_fallback_cluster.is_some() {
+            if let Some(b) = route.cluster.breaker() {
+                b.record(Event::FallbackSuccess, now);
+            }
+        }
+        if let (Some(lg), Some(key)) = (&route.last_good, last_good_key(session)) {
+            ctx.call.capture = lg.capture(key, resp.status, &resp.headers);
+        }
+        Ok(())
+    }
+
+    /// Records the body of a response kept for `last_good` fallbacks.
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        let Some(capture) = &mut ctx.call.capture else {
+            return Ok(None);
+        };
+        if !body.as_ref().is_none_or(|b| capture.push(b)) {
+            ctx.call.capture = None;
+        } else if end_of_stream {
+            let capture = ctx.call.capture.take();
+            let lg = ctx.route().and_then(|r| r.last_good.as_ref());
+            if let (Some(lg), Some(c)) = (lg, capture) {
+                lg.store(c, Instant::now());
+            }
+        }
+        Ok(None)
+    }
+
     /// Adds the request id and Via to the client's response, then runs the response filters.
     async fn response_filter(
         &self,
@@ -396,6 +816,12 @@ impl ProxyHttp for GatewayProxy {
         );
         if let Some(v) = via {
             resp.insert_header(VIA, v)?;
+        }
+        if let (Some(failure), Some(cluster)) = (ctx.call.on_fallback_cluster, &ctx.call.target) {
+            let v = format!("cluster={}; reason={}", cluster.name(), failure.reason());
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                resp.insert_header(fallback::X_FALLBACK, v)?;
+            }
         }
         let chain = chain_of(&ctx.runtime, ctx.route);
         if !chain.is_empty() {
@@ -435,7 +861,13 @@ impl ProxyHttp for GatewayProxy {
         };
         // pingora honours reuse only for failures before an upstream was chosen; otherwise the
         // connection closes, and the response must say so or the client reuses a dead socket.
-        let reusable = matches!(error, GatewayError::NoEndpoints | GatewayError::NoRoute);
+        let reusable = !ctx.call.reached_upstream;
+        if let Some(status) = self.try_fallback(session, ctx, error, reusable).await {
+            return FailToProxy {
+                error_code: status,
+                can_reuse_downstream: reusable,
+            };
+        }
         if session.response_written().is_none() {
             if !reusable {
                 session.set_keepalive(None);
@@ -450,13 +882,8 @@ impl ProxyHttp for GatewayProxy {
         }
     }
 
-    /// Records endpoint failures and writes the access log line.
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        if let (Some(e), Some(p)) = (e, &ctx.picked) {
-            if e.esource() == &ErrorSource::Upstream {
-                p.record_failure();
-            }
-        }
+    /// Writes the access log line.
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         if !ctx.runtime.access_log.enabled {
             return;
         }

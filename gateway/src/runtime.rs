@@ -13,7 +13,8 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::cluster::Cluster;
-use crate::config::{AccessLogSettings, Config, EndpointSource};
+use crate::config::{AccessLogSettings, Config, EndpointSource, RoutePolicy};
+use crate::fallback::LastGood;
 use crate::router::{PathMatch, RequestView, Rewrite, RouteMatch};
 
 /// A route bound to its cluster and its filter chain.
@@ -29,6 +30,12 @@ pub struct Route {
     pub cluster: Arc<Cluster>,
     /// Global filters, then the route's own.
     pub chain: FilterChain,
+    /// Timeout and retry overrides, and the fallback.
+    pub policy: RoutePolicy,
+    /// The fallback's cluster, if it has one.
+    pub fallback_cluster: Option<Arc<Cluster>>,
+    /// The last good responses, when the fallback keeps them.
+    pub last_good: Option<LastGood>,
 }
 
 /// Everything a request needs, for one config version.
@@ -64,6 +71,19 @@ impl Runtime {
                     rewrite: r.rewrite.clone(),
                     cluster: clusters.get(r.cluster)?.clone(),
                     chain: FilterChain::concat(&config.filters, &r.filters),
+                    policy: r.policy.clone(),
+                    fallback_cluster: r
+                        .policy
+                        .fallback
+                        .as_ref()
+                        .and_then(|f| f.cluster)
+                        .and_then(|i| clusters.get(i).cloned()),
+                    last_good: r
+                        .policy
+                        .fallback
+                        .as_ref()
+                        .and_then(|f| f.last_good)
+                        .map(LastGood::new),
                 })
             })
             .collect();

@@ -77,7 +77,9 @@ pub fn run(config: Config, exit_hook: Option<ExitHook>) -> Result<(), StartError
         graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout.as_secs()),
         ..ServerConf::default()
     };
-    conf.max_retries = 1;
+    // pingora stops after this many attempts; the proxy decides each retry itself (policy,
+    // budget, deadline) and never asks for more than 10 retries plus a fallback cluster.
+    conf.max_retries = crate::proxy::MAX_ATTEMPTS;
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let conf = server.configuration.clone();

@@ -3,6 +3,10 @@
 //! Controls, as query parameters: `delay_ms=N` waits N ms before answering (max 60 s);
 //! `status=N` answers with status N; `bytes=N` answers with exactly N bytes of body instead of
 //! JSON (for benchmarks). Speaks HTTP/1.1 and HTTP/2 with prior knowledge (h2c) on one port.
+//!
+//! Fault injection for breaker demos and tests, for every request: [`EchoServer::set_fault`],
+//! or over HTTP `PUT /__fault?status=503&delay_ms=200` (either key), `GET /__fault`,
+//! `DELETE /__fault`. A delay of 60000 ms makes a hanging endpoint.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -26,7 +30,33 @@ use tokio::sync::watch;
 pub struct EchoServer {
     addr: SocketAddr,
     hits: Arc<AtomicU64>,
+    fault: Arc<Fault>,
     stop: watch::Sender<bool>,
+}
+
+/// An injected fault: every request is delayed and/or answered with a status.
+#[derive(Debug, Default)]
+pub struct Fault {
+    /// Status to answer with (0: none).
+    status: AtomicU64,
+    /// Delay before answering, in ms.
+    delay_ms: AtomicU64,
+}
+
+impl Fault {
+    fn set(&self, status: Option<u16>, delay: Duration) {
+        self.status
+            .store(status.map_or(0, u64::from), Ordering::SeqCst);
+        self.delay_ms
+            .store(delay.as_millis().min(60_000) as u64, Ordering::SeqCst);
+    }
+
+    fn get(&self) -> (Option<StatusCode>, u64) {
+        let status = u16::try_from(self.status.load(Ordering::SeqCst))
+            .ok()
+            .and_then(|s| StatusCode::from_u16(s).ok());
+        (status, self.delay_ms.load(Ordering::SeqCst))
+    }
 }
 
 impl EchoServer {
@@ -34,14 +64,29 @@ impl EchoServer {
     pub fn start(listener: TcpListener, name: impl Into<String>) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let hits = Arc::new(AtomicU64::new(0));
+        let fault = Arc::new(Fault::default());
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(accept_loop(
             listener,
-            Arc::from(name.into()),
-            hits.clone(),
+            Shared {
+                name: Arc::from(name.into()),
+                hits: hits.clone(),
+                fault: fault.clone(),
+            },
             stopped,
         ));
-        Ok(Self { addr, hits, stop })
+        Ok(Self {
+            addr,
+            hits,
+            fault,
+            stop,
+        })
+    }
+
+    /// Injects a fault into every following request: answer with `status` (when set) after
+    /// `delay`. `set_fault(None, Duration::ZERO)` clears it.
+    pub fn set_fault(&self, status: Option<u16>, delay: Duration) {
+        self.fault.set(status, delay);
     }
 
     /// Binds `addr` (port 0 for any) and starts serving.
@@ -71,12 +116,15 @@ impl Drop for EchoServer {
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
+/// What every connection of one server shares.
+#[derive(Debug, Clone)]
+struct Shared {
     name: Arc<str>,
     hits: Arc<AtomicU64>,
-    mut stopped: watch::Receiver<bool>,
-) {
+    fault: Arc<Fault>,
+}
+
+async fn accept_loop(listener: TcpListener, shared: Shared, mut stopped: watch::Receiver<bool>) {
     loop {
         let conn = tokio::select! {
             c = listener.accept() => c,
@@ -84,10 +132,10 @@ async fn accept_loop(
         };
         let Ok((stream, peer)) = conn else { continue };
         let _ = stream.set_nodelay(true);
-        let (name, hits) = (name.clone(), hits.clone());
+        let shared = shared.clone();
         let mut conn_stopped = stopped.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(req, name.clone(), hits.clone(), peer));
+            let svc = service_fn(move |req| handle(req, shared.clone(), peer));
             let builder = auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection(TokioIo::new(stream), svc);
             tokio::pin!(conn);
@@ -110,23 +158,66 @@ fn query_param<'a>(query: Option<&'a str>, key: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
+/// `/__fault`: shows, sets (PUT/POST) or clears (DELETE) the injected fault.
+fn fault_control(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    let q = req.uri().query();
+    let mut status = StatusCode::OK;
+    match *req.method() {
+        http::Method::PUT | http::Method::POST => {
+            let code = query_param(q, "status")
+                .map(|v| v.parse::<u16>().ok().filter(|c| (100..=599).contains(c)));
+            let delay = query_param(q, "delay_ms").map(|v| v.parse::<u64>().ok());
+            match (code, delay) {
+                (Some(None), _) | (_, Some(None)) => status = StatusCode::BAD_REQUEST,
+                (code, delay) => shared.fault.set(
+                    code.flatten(),
+                    Duration::from_millis(delay.flatten().unwrap_or(0)),
+                ),
+            }
+        }
+        http::Method::DELETE => shared.fault.set(None, Duration::ZERO),
+        http::Method::GET => {}
+        _ => status = StatusCode::METHOD_NOT_ALLOWED,
+    }
+    let (code, delay_ms) = shared.fault.get();
+    let doc = if status == StatusCode::OK {
+        json!({ "instance": &*shared.name, "status": code.map(|c| c.as_u16()), "delay_ms": delay_ms })
+    } else {
+        json!({ "error": "use PUT /__fault?status=503&delay_ms=100 (100-599, ms), GET or DELETE" })
+    };
+    response(
+        status,
+        "application/json",
+        &shared.name,
+        Bytes::from(serde_json::to_vec(&doc).unwrap_or_default()),
+    )
+}
+
 async fn handle(
     req: Request<Incoming>,
-    name: Arc<str>,
-    hits: Arc<AtomicU64>,
+    shared: Shared,
     peer: SocketAddr,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    hits.fetch_add(1, Ordering::Relaxed);
+    if req.uri().path() == "/__fault" {
+        return Ok(fault_control(&req, &shared));
+    }
+    shared.hits.fetch_add(1, Ordering::Relaxed);
     let query = req.uri().query().map(str::to_owned);
     let q = query.as_deref();
-    if let Some(ms) = query_param(q, "delay_ms").and_then(|v| v.parse::<u64>().ok()) {
-        tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
+    let (fault_status, fault_delay) = shared.fault.get();
+    let delay = query_param(q, "delay_ms")
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        .max(fault_delay);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay.min(60_000))).await;
     }
     let status = query_param(q, "status")
         .and_then(|v| v.parse::<u16>().ok())
         .and_then(|s| StatusCode::from_u16(s).ok())
+        .or(fault_status)
         .unwrap_or(StatusCode::OK);
-    let instance = name.to_string();
+    let instance = shared.name.to_string();
     if let Some(n) = query_param(q, "bytes").and_then(|v| v.parse::<usize>().ok()) {
         let body = Bytes::from(vec![b'x'; n.min(16 << 20)]);
         return Ok(response(

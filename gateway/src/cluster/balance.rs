@@ -148,24 +148,21 @@ fn gcd(a: u32, b: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ClusterSpec, ClusterTimeouts, EndpointSource, HashKey, UpstreamProtocol};
+    use crate::config::{ClusterSpec, HashKey};
     use discovery::Endpoint;
-    use std::time::Duration;
+
+    /// A cluster spec with every default, as the config file would give it.
+    fn test_spec() -> ClusterSpec {
+        let text = "[[listeners]]\naddress = \"127.0.0.1:1\"\n\
+                    [clusters.c]\nendpoints = [\"127.0.0.1:1\"]\n\
+                    [[routes]]\nname = \"r\"\ncluster = \"c\"\n";
+        let config = crate::config::Config::parse(text, std::path::Path::new("test.toml"))
+            .expect("valid test config");
+        config.clusters[0].clone()
+    }
 
     fn states(weights: &[u32]) -> (Vec<Arc<EndpointState>>, Vec<(SocketAddr, u32)>) {
-        let spec = ClusterSpec {
-            name: "c".into(),
-            endpoints: EndpointSource::Static(vec![]),
-            load_balancing: LoadBalancing::LeastRequest,
-            protocol: UpstreamProtocol::Http1,
-            timeouts: ClusterTimeouts {
-                connect: Duration::from_secs(1),
-                read: Duration::from_secs(1),
-                write: Duration::from_secs(1),
-                idle: Duration::from_secs(1),
-            },
-            max_h2_streams: 1,
-        };
+        let spec = test_spec();
         let eps: Vec<(SocketAddr, u32)> = weights
             .iter()
             .enumerate()

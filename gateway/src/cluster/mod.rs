@@ -3,13 +3,16 @@
 
 mod balance;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use discovery::{Endpoint, EndpointSet};
 use pingora::protocols::ALPN;
 use pingora::upstreams::peer::HttpPeer;
+use resilience::{Bulkhead, CircuitBreaker, RetryBudget, Transition};
 use serde::Serialize;
 
 use crate::config::{ClusterSpec, LoadBalancing, UpstreamProtocol};
@@ -23,6 +26,19 @@ pub struct EndpointState {
     in_flight: AtomicU64,
     requests: AtomicU64,
     failures: AtomicU64,
+    /// Failed attempts in a row (outlier detection).
+    consecutive_failures: AtomicU32,
+    /// End of the current ejection, as [`clock_ms`]; 0 when not ejected.
+    ejected_until: AtomicU64,
+    /// Times ejected so far (each ejection lasts longer).
+    ejections: AtomicU32,
+}
+
+/// Milliseconds since the process's first call, plus one (so 0 can mean "never").
+fn clock_ms(now: Instant) -> u64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    now.saturating_duration_since(origin).as_millis() as u64 + 1
 }
 
 impl EndpointState {
@@ -44,7 +60,16 @@ impl EndpointState {
             in_flight: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
         }
+    }
+
+    /// Whether outlier detection has taken this endpoint out of rotation at `now`.
+    pub fn is_ejected(&self, now: Instant) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && clock_ms(now) < until
     }
 
     /// The endpoint.
@@ -63,9 +88,10 @@ impl EndpointState {
     }
 
     /// Records that an attempt to this endpoint failed (connect error, timeout, broken
-    /// response).
-    pub fn record_failure(&self) {
+    /// response, failure status); returns the failures in a row.
+    fn record_failure(&self) -> u32 {
         self.failures.fetch_add(1, Ordering::Relaxed);
+        self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1
     }
 }
 
@@ -107,6 +133,17 @@ pub struct Cluster {
     spec: ClusterSpec,
     table: ArcSwap<EndpointTable>,
     ready: AtomicBool,
+    breaker: Option<Arc<CircuitBreaker>>,
+    bulkhead: Bulkhead,
+    budget: RetryBudget,
+}
+
+fn log_transition(t: &Transition) {
+    if t.to.is_open() {
+        tracing::warn!(cluster = %t.breaker, from = %t.from, to = %t.to, reason = %t.reason, "circuit breaker state changed");
+    } else {
+        tracing::info!(cluster = %t.breaker, from = %t.from, to = %t.to, reason = %t.reason, "circuit breaker state changed");
+    }
 }
 
 impl Cluster {
@@ -116,11 +153,80 @@ impl Cluster {
             endpoints: Vec::new(),
             balancer: Balancer::new(&spec.load_balancing, &[]),
         };
+        let now = Instant::now();
+        let policy = &spec.policy;
+        let breaker = policy.breaker.as_ref().map(|b| {
+            Arc::new(
+                CircuitBreaker::new(spec.name.as_str(), b.config, now)
+                    .with_listener(log_transition),
+            )
+        });
+        let bulkhead = Bulkhead::new(policy.bulkhead.config);
+        let budget = RetryBudget::new(policy.budget, now);
         Self {
             spec,
             table: ArcSwap::from_pointee(table),
             ready: AtomicBool::new(false),
+            breaker,
+            bulkhead,
+            budget,
         }
+    }
+
+    /// The cluster's circuit breaker (`None` when disabled).
+    pub fn breaker(&self) -> Option<&Arc<CircuitBreaker>> {
+        self.breaker.as_ref()
+    }
+
+    /// The cluster's bulkhead.
+    pub fn bulkhead(&self) -> &Bulkhead {
+        &self.bulkhead
+    }
+
+    /// The cluster's retry budget.
+    pub fn budget(&self) -> &RetryBudget {
+        &self.budget
+    }
+
+    /// Records a successful attempt to `picked` (ends its run of failures).
+    pub fn endpoint_succeeded(&self, picked: &Picked) {
+        if picked.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            picked.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Records a failed attempt to `picked`; with outlier detection on, enough failures in a
+    /// row eject it for a growing interval, unless too much of the cluster is ejected already.
+    pub fn endpoint_failed(&self, picked: &Picked, now: Instant) {
+        let run = picked.record_failure();
+        let Some(o) = self.spec.policy.outlier else {
+            return;
+        };
+        if run < o.consecutive_failures || picked.is_ejected(now) {
+            return;
+        }
+        let table = self.table.load();
+        let total = table.endpoints.len();
+        let ejected = table.endpoints.iter().filter(|e| e.is_ejected(now)).count();
+        let cap = (total * usize::from(o.max_ejection_percent) / 100)
+            .max(usize::from(total > 1))
+            .min(total.saturating_sub(1));
+        if ejected >= cap {
+            return;
+        }
+        let n = picked.ejections.fetch_add(1, Ordering::Relaxed) + 1;
+        let length = o.base_ejection.saturating_mul(n).min(o.max_ejection);
+        picked
+            .ejected_until
+            .store(clock_ms(now + length), Ordering::Relaxed);
+        picked.consecutive_failures.store(0, Ordering::Relaxed);
+        tracing::warn!(
+            cluster = self.name(),
+            endpoint = %picked.endpoint.address,
+            failures_in_a_row = run,
+            ejected_for_ms = length.as_millis() as u64,
+            "outlier endpoint ejected"
+        );
     }
 
     /// The cluster's settings.
@@ -168,9 +274,40 @@ impl Cluster {
     /// Chooses an endpoint; `hash_key` is used by consistent hashing only. `None` when the
     /// cluster has no endpoints.
     pub fn pick(&self, hash_key: &[u8]) -> Option<Picked> {
+        self.pick_avoiding(hash_key, &[], Instant::now())
+    }
+
+    /// Chooses an endpoint that is neither ejected nor in `avoid` (the endpoints a request
+    /// already tried). When every endpoint is excluded, ejected ones are used again (better a
+    /// suspect endpoint than none), and then tried ones.
+    pub fn pick_avoiding(
+        &self,
+        hash_key: &[u8],
+        avoid: &[SocketAddr],
+        now: Instant,
+    ) -> Option<Picked> {
         let table = self.table.load();
-        let i = table.balancer.pick(&table.endpoints, hash_key)?;
-        table.endpoints.get(i).cloned().map(Picked::new)
+        let eps = &table.endpoints;
+        let usable = |e: &EndpointState| !avoid.contains(&e.endpoint.address) && !e.is_ejected(now);
+        for _ in 0..3 {
+            let i = table.balancer.pick(eps, hash_key)?;
+            match eps.get(i) {
+                Some(e) if usable(e) => return Some(Picked::new(e.clone())),
+                _ => {}
+            }
+        }
+        // The balancer keeps choosing excluded endpoints (e.g. one hash owner): take the least
+        // loaded endpoint that is usable, then one that is merely ejected, then any.
+        let least = |ok: &dyn Fn(&EndpointState) -> bool| {
+            eps.iter()
+                .filter(|e| ok(e))
+                .min_by_key(|e| e.in_flight())
+                .cloned()
+        };
+        least(&usable)
+            .or_else(|| least(&|e: &EndpointState| !avoid.contains(&e.endpoint.address)))
+            .or_else(|| least(&|_: &EndpointState| true))
+            .map(Picked::new)
     }
 
     /// Whether endpoint choice needs a hash key from the request.
@@ -194,6 +331,10 @@ impl Cluster {
                 UpstreamProtocol::Http1 => "http1",
                 UpstreamProtocol::H2c => "h2c",
             },
+            breaker: self
+                .breaker
+                .as_ref()
+                .map_or("disabled", |b| b.state().name()),
             connect_timeout_ms: self.spec.timeouts.connect.as_millis() as u64,
             read_timeout_ms: self.spec.timeouts.read.as_millis() as u64,
             endpoints: table
@@ -205,6 +346,8 @@ impl Cluster {
                     in_flight: s.in_flight(),
                     requests: s.requests.load(Ordering::Relaxed),
                     failures: s.failures.load(Ordering::Relaxed),
+                    ejected: s.is_ejected(Instant::now()),
+                    ejections: s.ejections.load(Ordering::Relaxed),
                 })
                 .collect(),
         }
@@ -219,6 +362,7 @@ pub struct ClusterStatus {
     discovery: &'static str,
     load_balancing: &'static str,
     protocol: &'static str,
+    breaker: &'static str,
     connect_timeout_ms: u64,
     read_timeout_ms: u64,
     endpoints: Vec<EndpointStatus>,
@@ -232,4 +376,83 @@ pub struct EndpointStatus {
     in_flight: u64,
     requests: u64,
     failures: u64,
+    ejected: bool,
+    ejections: u32,
+}
+
+/// Admin view of a cluster's breaker, bulkhead and retry budget.
+pub fn resilience_status(cluster: &Cluster, now: Instant) -> serde_json::Value {
+    let counts = |c: &resilience::Counts| {
+        let mut m = serde_json::Map::new();
+        for e in resilience::Event::ALL {
+            m.insert(e.name().to_owned(), c.get(e).into());
+        }
+        serde_json::Value::Object(m)
+    };
+    let breaker = cluster.breaker().map(|b| {
+        let s = b.snapshot(now);
+        let cfg = b.config();
+        let trip = match cfg.trip {
+            resilience::Trip::ErrorRate {
+                volume_threshold,
+                error_percent,
+            } => serde_json::json!({
+                "mode": "error_rate",
+                "volume_threshold": volume_threshold,
+                "error_percent": error_percent,
+            }),
+            resilience::Trip::ConsecutiveFailures(n) => serde_json::json!({
+                "mode": "consecutive_failures",
+                "consecutive_failures": n,
+            }),
+        };
+        serde_json::json!({
+            "state": s.state.name(),
+            "open": s.state.is_open(),
+            "retry_after_ms": s.retry_after.map(|d| d.as_millis() as u64),
+            "window": {
+                "requests": s.window.requests(),
+                "errors": s.window.errors(),
+                "error_percent": s.window.error_percent(),
+                "counts": counts(&s.window),
+            },
+            "totals": counts(&s.totals),
+            "consecutive_failures": s.consecutive_failures,
+            "transitions": s.transitions,
+            "latency_us": {
+                "count": s.latency.count,
+                "mean": s.latency.mean_us,
+                "p50": s.latency.p50_us,
+                "p90": s.latency.p90_us,
+                "p99": s.latency.p99_us,
+                "p999": s.latency.p999_us,
+                "max": s.latency.max_us,
+            },
+            "config": {
+                "window_ms": cfg.window.as_millis() as u64,
+                "buckets": cfg.buckets,
+                "sleep_window_ms": cfg.sleep_window.as_millis() as u64,
+                "trip": trip,
+            },
+        })
+    });
+    let bh = cluster.bulkhead().snapshot();
+    let budget = cluster.budget().snapshot(now);
+    serde_json::json!({
+        "cluster": cluster.name(),
+        "breaker": breaker,
+        "bulkhead": {
+            "max_concurrent": bh.config.max_concurrent,
+            "max_queue": bh.config.max_queue,
+            "in_use": bh.in_use,
+            "queued": bh.queued,
+            "rejected": bh.rejected,
+        },
+        "retry_budget": {
+            "requests": budget.requests,
+            "retries": budget.retries,
+            "allowed": budget.allowed,
+            "refused": budget.refused,
+        },
+    })
 }

@@ -2,6 +2,7 @@
 //! again on the request path. Every problem is reported with the file, line and a fix.
 
 mod error;
+mod policy;
 mod raw;
 mod validate;
 
@@ -10,6 +11,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use error::{ConfigError, ConfigIssue};
+pub use policy::{
+    BreakerSettings, BulkheadSettings, ClusterPolicy, FallbackOn, FallbackSpec, LastGoodSettings,
+    OutlierSettings, RetryOn, RetryPolicy, RoutePolicy, StaticResponse, StatusSet,
+};
 
 use discovery::Endpoint;
 use filters::{FilterRegistry, NamedFilter};
@@ -170,6 +175,8 @@ pub struct ClusterSpec {
     pub timeouts: ClusterTimeouts,
     /// Concurrent streams per HTTP/2 upstream connection.
     pub max_h2_streams: usize,
+    /// Breaker, bulkhead, retries, outlier ejection, timeouts.
+    pub policy: ClusterPolicy,
 }
 
 /// A route (`[[routes]]`).
@@ -185,6 +192,8 @@ pub struct RouteSpec {
     pub rewrite: Option<Rewrite>,
     /// The route's own filters, built for this config version, in declared order.
     pub filters: Vec<NamedFilter>,
+    /// Overrides of the cluster's timeouts and retries, and the fallback.
+    pub policy: RoutePolicy,
 }
 
 impl Config {

@@ -85,6 +85,89 @@ pub(crate) struct RawCluster {
     pub(crate) write_timeout_ms: Option<Spanned<i64>>,
     pub(crate) idle_timeout_ms: Option<Spanned<i64>>,
     pub(crate) max_h2_streams: Option<Spanned<i64>>,
+    pub(crate) per_try_timeout_ms: Option<Spanned<i64>>,
+    pub(crate) timeout_ms: Option<Spanned<i64>>,
+    pub(crate) circuit_breaker: Option<Spanned<RawBreaker>>,
+    pub(crate) bulkhead: Option<Spanned<RawBulkhead>>,
+    pub(crate) retry: Option<Spanned<RawRetry>>,
+    pub(crate) outlier_detection: Option<Spanned<RawOutlier>>,
+}
+
+/// `[clusters.NAME.circuit_breaker]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBreaker {
+    pub(crate) enabled: Option<bool>,
+    pub(crate) mode: Option<Spanned<String>>,
+    pub(crate) window_ms: Option<Spanned<i64>>,
+    pub(crate) buckets: Option<Spanned<i64>>,
+    pub(crate) volume_threshold: Option<Spanned<i64>>,
+    pub(crate) error_percent: Option<Spanned<i64>>,
+    pub(crate) consecutive_failures: Option<Spanned<i64>>,
+    pub(crate) sleep_window_ms: Option<Spanned<i64>>,
+    pub(crate) failure_statuses: Option<Spanned<Vec<Spanned<toml::Value>>>>,
+}
+
+/// `[clusters.NAME.bulkhead]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBulkhead {
+    pub(crate) max_concurrent: Option<Spanned<i64>>,
+    pub(crate) max_queue: Option<Spanned<i64>>,
+    pub(crate) queue_timeout_ms: Option<Spanned<i64>>,
+}
+
+/// `[clusters.NAME.retry]` and `[routes.retry]` (the budget keys only on clusters).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRetry {
+    pub(crate) retries: Option<Spanned<i64>>,
+    pub(crate) on: Option<Spanned<Vec<Spanned<toml::Value>>>>,
+    pub(crate) non_idempotent: Option<bool>,
+    pub(crate) budget_percent: Option<Spanned<i64>>,
+    pub(crate) budget_min_per_second: Option<Spanned<i64>>,
+}
+
+/// `[clusters.NAME.outlier_detection]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOutlier {
+    pub(crate) enabled: Option<bool>,
+    pub(crate) consecutive_failures: Option<Spanned<i64>>,
+    pub(crate) base_ejection_ms: Option<Spanned<i64>>,
+    pub(crate) max_ejection_ms: Option<Spanned<i64>>,
+    pub(crate) max_ejection_percent: Option<Spanned<i64>>,
+}
+
+/// `[routes.fallback]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFallback {
+    pub(crate) on: Option<Spanned<Vec<Spanned<toml::Value>>>>,
+    pub(crate) cluster: Option<Spanned<String>>,
+    pub(crate) last_good: Option<Spanned<RawLastGood>>,
+    pub(crate) response: Option<Spanned<RawStaticResponse>>,
+}
+
+/// `[routes.fallback.last_good]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLastGood {
+    pub(crate) max_age_ms: Option<Spanned<i64>>,
+    pub(crate) max_entries: Option<Spanned<i64>>,
+    pub(crate) max_bytes: Option<Spanned<i64>>,
+    pub(crate) max_body_bytes: Option<Spanned<i64>>,
+}
+
+/// `[routes.fallback.response]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawStaticResponse {
+    pub(crate) status: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub(crate) headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(crate) body: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -103,6 +186,10 @@ pub(crate) struct RawRoute {
     pub(crate) rewrite: Option<Spanned<String>>,
     #[serde(default)]
     pub(crate) filters: Vec<Spanned<RawFilter>>,
+    pub(crate) timeout_ms: Option<Spanned<i64>>,
+    pub(crate) per_try_timeout_ms: Option<Spanned<i64>>,
+    pub(crate) retry: Option<Spanned<RawRetry>>,
+    pub(crate) fallback: Option<Spanned<RawFallback>>,
 }
 
 #[derive(Debug, Deserialize)]

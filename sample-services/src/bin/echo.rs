@@ -14,12 +14,22 @@ struct Args {
     /// Instance name, returned in every answer and in `x-echo-instance`.
     #[arg(long, default_value = "echo")]
     name: String,
+    /// Answer every request with this status (fault injection; see also `PUT /__fault`).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(100..=599))]
+    fail_status: Option<u16>,
+    /// Wait this long before every answer (fault injection; 60000 makes it hang).
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> std::io::Result<()> {
     let args = Args::parse();
     let server = EchoServer::bind(args.listen, args.name.clone()).await?;
+    server.set_fault(
+        args.fail_status,
+        std::time::Duration::from_millis(args.delay_ms),
+    );
     println!("echo `{}` listening on {}", args.name, server.addr());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

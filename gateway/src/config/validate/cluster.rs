@@ -175,7 +175,9 @@ pub(super) fn cluster_spec(
     };
     let max_h2_streams =
         ranged(&c.max_h2_streams, "max_h2_streams", 1, 10_000, 100, issues).unsigned_abs() as usize;
+    let policy = super::policy::cluster_policy(c, &n, timeouts.read, issues);
     Some(ClusterSpec {
+        policy,
         name: n,
         endpoints: EndpointSource::Static(endpoints),
         load_balancing,

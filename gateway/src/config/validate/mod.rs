@@ -10,6 +10,7 @@ use toml::Spanned;
 
 mod cluster;
 mod filters;
+mod policy;
 mod routes;
 
 use super::error::{line_col, ConfigError, ConfigIssue, Issues};
@@ -61,6 +62,7 @@ pub(super) fn validate(
         &raw.routes,
         &routes::Context {
             clusters: &cluster_index,
+            specs: &clusters,
             cluster_names: &names,
             text,
             registry,

@@ -212,6 +212,7 @@ fn rewrite(r: &RawRoute, matcher: &RouteMatch, issues: &mut Issues<'_>) -> Optio
 /// What route validation needs from the rest of the document.
 pub(super) struct Context<'a> {
     pub(super) clusters: &'a HashMap<String, usize>,
+    pub(super) specs: &'a [crate::config::ClusterSpec],
     pub(super) cluster_names: &'a [&'a str],
     pub(super) text: &'a str,
     pub(super) registry: &'a filters::FilterRegistry,
@@ -279,8 +280,13 @@ pub(super) fn routes(
             cx.base_dir,
             issues,
         );
+        let cluster_retry = cluster
+            .and_then(|i| cx.specs.get(i))
+            .map(|c| c.policy.retry);
+        let policy = super::policy::route_policy(r, cluster_retry, clusters, issues);
         out.push((
             RouteSpec {
+                policy,
                 name: name.clone(),
                 cluster: cluster.unwrap_or(0),
                 matcher,
