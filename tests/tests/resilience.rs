@@ -458,3 +458,53 @@ async fn bad_resilience_settings_are_rejected_with_the_line_and_a_fix() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_hung_endpoint_is_cut_at_the_per_try_timeout_and_retries_stop_at_the_deadline() {
+    let good = echo("good").await;
+    let hung = echo("hung").await;
+    hung.set_fault(None, Duration::from_secs(20));
+    let body = format!(
+        "{}\
+         per_try_timeout_ms = 200\n\
+         [clusters.pool.circuit_breaker]\nenabled = false\n\
+         [clusters.pool.outlier_detection]\nenabled = false\n\
+         [clusters.pool.retry]\nretries = 1\non = [\"timeout\"]\n\n\
+         {}\
+         per_try_timeout_ms = 200\ntimeout_ms = 300\n\
+         [clusters.stuck.circuit_breaker]\nenabled = false\n\
+         [clusters.stuck.retry]\nretries = 5\non = [\"timeout\"]\n\n\
+         [[routes]]\nname = \"pool\"\ncluster = \"pool\"\npath_prefix = \"/pool\"\n\n\
+         [[routes]]\nname = \"stuck\"\ncluster = \"stuck\"\npath_prefix = \"/stuck\"\n",
+        cluster("pool", &[&hung, &good], "load_balancing = \"round_robin\""),
+        cluster("stuck", &[&hung], ""),
+    );
+    let gw = Gateway::start(&body).await;
+    let http = client();
+    let mut slowest = Duration::ZERO;
+    for i in 0..4 {
+        let start = Instant::now();
+        let r = http.get(gw.url("/pool")).send().await.expect("req");
+        slowest = slowest.max(start.elapsed());
+        assert_eq!(r.status(), 200, "GET {i}");
+        assert_eq!(r.headers()["x-echo-instance"], "good");
+    }
+    assert!(
+        hung.hits() >= 1,
+        "round robin sent some attempts to the hung endpoint"
+    );
+    assert!(
+        slowest >= Duration::from_millis(190) && slowest < Duration::from_millis(2000),
+        "a hung attempt costs one per-try timeout, then the retry answers: {slowest:?}"
+    );
+
+    // 200 ms per try, 300 ms in all: the second try gets only the 100 ms left, then 504.
+    let start = Instant::now();
+    let r = http.get(gw.url("/stuck")).send().await.expect("req");
+    let took = start.elapsed();
+    assert_eq!(r.status(), 504);
+    assert!(
+        took >= Duration::from_millis(280) && took < Duration::from_millis(1500),
+        "the deadline bounds the retries: {took:?}"
+    );
+}

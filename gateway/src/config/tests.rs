@@ -170,3 +170,136 @@ fn work_stealing_defaults_to_more_than_one_thread() {
     .expect("valid");
     assert!(forced.server.work_stealing);
 }
+
+#[test]
+fn resilience_settings_parse_with_defaults_and_overrides() {
+    let text = r#"
+[[listeners]]
+address = "127.0.0.1:1"
+
+[clusters.a]
+endpoints = ["127.0.0.1:2"]
+
+[clusters.b]
+endpoints = ["127.0.0.1:3"]
+per_try_timeout_ms = 250
+timeout_ms = 900
+[clusters.b.circuit_breaker]
+mode = "consecutive_failures"
+consecutive_failures = 3
+sleep_window_ms = 2000
+failure_statuses = [503, "504"]
+[clusters.b.bulkhead]
+max_concurrent = 8
+max_queue = 2
+[clusters.b.retry]
+retries = 2
+on = ["timeout", "5xx"]
+budget_percent = 10
+[clusters.b.outlier_detection]
+enabled = false
+
+[[routes]]
+name = "r"
+cluster = "a"
+path_prefix = "/r"
+timeout_ms = 700
+[routes.retry]
+retries = 0
+[routes.fallback]
+on = ["circuit_open", 502]
+cluster = "b"
+[routes.fallback.response]
+status = 203
+body = "x"
+"#;
+    let c = Config::parse(text, Path::new("t.toml")).expect("valid");
+    let a = &c.clusters[0].policy;
+    let d = resilience::BreakerConfig::default();
+    assert_eq!(a.breaker.as_ref().map(|b| b.config), Some(d));
+    assert!(a
+        .breaker
+        .as_ref()
+        .is_some_and(|b| b.failure_statuses.contains(500)));
+    assert_eq!(a.bulkhead.config.max_concurrent, 1024);
+    assert_eq!(a.retry.retries, 1);
+    assert!(a.retry.on.connect_failure && !a.retry.on.timeout && a.retry.on.statuses.contains(503));
+    assert_eq!(a.per_try_timeout, Duration::from_secs(30));
+    assert!(a.outlier.is_some() && a.timeout.is_none());
+
+    let b = &c.clusters[1].policy;
+    let bb = b.breaker.as_ref().expect("breaker");
+    assert_eq!(bb.config.trip, resilience::Trip::ConsecutiveFailures(3));
+    assert_eq!(bb.config.sleep_window, Duration::from_secs(2));
+    assert!(bb.failure_statuses.contains(504) && !bb.failure_statuses.contains(500));
+    assert_eq!(
+        (b.bulkhead.config.max_queue, b.bulkhead.queue_timeout),
+        (2, Duration::from_millis(100))
+    );
+    assert_eq!(b.retry.retries, 2);
+    assert!(b.retry.on.timeout && !b.retry.on.connect_failure && b.retry.on.statuses.contains(500));
+    assert!((b.budget.ratio - 0.1).abs() < 1e-9);
+    assert!(b.outlier.is_none());
+    assert_eq!(
+        (b.per_try_timeout, b.timeout),
+        (Duration::from_millis(250), Some(Duration::from_millis(900)))
+    );
+
+    let r = &c.routes[0].policy;
+    assert_eq!(r.timeout, Some(Duration::from_millis(700)));
+    assert_eq!(r.retry.map(|p| p.retries), Some(0));
+    let f = r.fallback.as_ref().expect("fallback");
+    assert_eq!(f.cluster, Some(1));
+    assert!(
+        f.on.circuit_open
+            && !f.on.timeout
+            && f.on.statuses.contains(502)
+            && !f.on.statuses.contains(503)
+    );
+    assert_eq!(f.response.as_ref().map(|s| s.status.as_u16()), Some(203));
+}
+
+#[test]
+fn resilience_mistakes_are_reported() {
+    let base =
+        "[[listeners]]\naddress = \"127.0.0.1:1\"\n[clusters.a]\nendpoints = [\"127.0.0.1:2\"]\n";
+    let cases = [
+        (
+            "[clusters.a.circuit_breaker]\nwindow_ms = 1000\nbuckets = 3\n",
+            "does not divide into 3 buckets",
+        ),
+        (
+            "[clusters.a.circuit_breaker]\nconsecutive_failures = 3\n",
+            "only applies to mode = \"consecutive_failures\"",
+        ),
+        (
+            "[clusters.a.retry]\non = [200]\n",
+            "status 200 is not an error status",
+        ),
+        (
+            "[clusters.a.bulkhead]\nmax_concurrent = 0\n",
+            "max_concurrent = 0 is out of range",
+        ),
+        (
+            "[[routes]]\nname = \"r\"\ncluster = \"a\"\n[routes.retry]\nbudget_percent = 5\n",
+            "belongs to the cluster",
+        ),
+        (
+            "[[routes]]\nname = \"r\"\ncluster = \"a\"\n[routes.fallback]\non = [\"5xx\"]\n",
+            "has nothing to answer with",
+        ),
+        (
+            "[[routes]]\nname = \"r\"\ncluster = \"a\"\n[routes.fallback]\ncluster = \"a\"\n",
+            "names the route's own cluster",
+        ),
+    ];
+    for (extra, expected) in cases {
+        let text = if extra.contains("[[routes]]") {
+            format!("{base}{extra}")
+        } else {
+            format!("{base}{extra}[[routes]]\nname = \"r\"\ncluster = \"a\"\n")
+        };
+        let e = Config::parse(&text, Path::new("t.toml")).expect_err(expected);
+        assert!(e.to_string().contains(expected), "{expected:?} not in {e}");
+    }
+}
