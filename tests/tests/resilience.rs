@@ -18,17 +18,31 @@ async fn breaker_state(http: &reqwest::Client, gw: &Gateway, cluster: &str) -> s
     j
 }
 
-/// Polls the admin API until the cluster's breaker is in `state`.
-async fn wait_breaker(http: &reqwest::Client, gw: &Gateway, cluster: &str, state: &str) {
+/// Polls `/breakers/CLUSTER` until `field` (a JSON pointer) equals `want`.
+async fn wait_admin(
+    http: &reqwest::Client,
+    gw: &Gateway,
+    cluster: &str,
+    field: &str,
+    want: serde_json::Value,
+) {
     let end = Instant::now() + Duration::from_secs(10);
     loop {
         let j = breaker_state(http, gw, cluster).await;
-        if j["breaker"]["state"] == state {
+        if j.pointer(field) == Some(&want) {
             return;
         }
-        assert!(Instant::now() < end, "breaker never became {state}: {j}");
+        assert!(
+            Instant::now() < end,
+            "{cluster}{field} never became {want}: {j}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Polls the admin API until the cluster's breaker is in `state`.
+async fn wait_breaker(http: &reqwest::Client, gw: &Gateway, cluster: &str, state: &str) {
+    wait_admin(http, gw, cluster, "/breaker/state", state.into()).await;
 }
 
 #[tokio::test]
@@ -202,14 +216,7 @@ async fn a_slow_upstream_fills_the_bulkhead_and_the_excess_is_rejected_fast() {
         let (h, u) = (http.clone(), gw.url("/slow?delay_ms=2000"));
         slow.push(tokio::spawn(async move { h.get(u).send().await }));
     }
-    let end = Instant::now() + Duration::from_secs(10);
-    while breaker_state(&http, &gw, "slow").await["bulkhead"]["in_use"] != 2 {
-        assert!(
-            Instant::now() < end,
-            "the slow calls never filled the bulkhead"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_admin(&http, &gw, "slow", "/bulkhead/in_use", 2.into()).await;
     let start = Instant::now();
     let r = http
         .get(gw.url("/slow?delay_ms=2000"))
@@ -230,20 +237,12 @@ async fn a_slow_upstream_fills_the_bulkhead_and_the_excess_is_rejected_fast() {
     let j = breaker_state(&http, &gw, "slow").await;
     assert_eq!(j["bulkhead"]["rejected"], 1);
     // Slots are released when each request ends (just after its response is sent).
-    let end = Instant::now() + Duration::from_secs(10);
-    while breaker_state(&http, &gw, "slow").await["bulkhead"]["in_use"] != 0 {
-        assert!(Instant::now() < end, "bulkhead slots were never released");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_admin(&http, &gw, "slow", "/bulkhead/in_use", 0.into()).await;
 
     // With a queue: one waiter waits at most queue_timeout_ms, then is refused.
     let (h, u) = (http.clone(), gw.url("/queued?delay_ms=2000"));
     let holder = tokio::spawn(async move { h.get(u).send().await });
-    let end = Instant::now() + Duration::from_secs(10);
-    while breaker_state(&http, &gw, "queued").await["bulkhead"]["in_use"] != 1 {
-        assert!(Instant::now() < end, "the holder never took the slot");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_admin(&http, &gw, "queued", "/bulkhead/in_use", 1.into()).await;
     let start = Instant::now();
     let r = http.get(gw.url("/queued")).send().await.expect("req");
     let took = start.elapsed();
