@@ -91,8 +91,11 @@ struct Call {
     failure: Option<Failure>,
     /// The retry decision for the error `upstream_response_filter` raised on a status.
     status_retry: Option<bool>,
-    /// An attempt got as far as an upstream connection.
-    reached_upstream: bool,
+    /// The first attempt, admitted in `proxy_upstream_filter`, for `upstream_peer` to use.
+    admitted: Option<Picked>,
+    /// pingora's proxy loop was entered: a failure from here on closes the client
+    /// connection (pingora does not reuse it), so the answer must say `Connection: close`.
+    in_proxy_loop: bool,
     /// The response being recorded for `last_good` fallbacks.
     capture: Option<Capture>,
 }
@@ -221,6 +224,37 @@ async fn admit(
         .ok_or(Failure::NoEndpoints)?;
     call.permit = permit;
     Ok(picked)
+}
+
+/// Admits one attempt of the request, moving it to the route's fallback cluster when the
+/// target refuses and the fallback covers that.
+async fn admit_attempt(
+    route: &Route,
+    session: &Session,
+    ctx: &mut RequestCtx,
+    now: Instant,
+) -> std::result::Result<Picked, Failure> {
+    loop {
+        let cluster = ctx
+            .call
+            .target
+            .clone()
+            .unwrap_or_else(|| route.cluster.clone());
+        let hash = match &cluster.spec().load_balancing {
+            crate::config::LoadBalancing::ConsistentHash(key) => {
+                hash_input(key, session.req_header(), ctx.client_ip)
+            }
+            _ => Vec::new(),
+        };
+        match admit(&cluster, &mut ctx.call, &hash, now).await {
+            Ok(picked) => return Ok(picked),
+            Err(failure) => {
+                if !switch_to_fallback_cluster(route, &mut ctx.call, failure) {
+                    return Err(failure);
+                }
+            }
+        }
+    }
 }
 
 /// Moves the request to the route's fallback cluster when its fallback covers `failure` and
@@ -506,8 +540,48 @@ impl ProxyHttp for GatewayProxy {
         Ok(())
     }
 
-    /// Admits the attempt (deadline, breaker, bulkhead) and picks an endpoint of the target
-    /// cluster that this request has not tried yet. Refusals move the request to the route's
+    /// Admits the first attempt before pingora's proxy loop, so that a refusal (open breaker,
+    /// full bulkhead, no endpoints) is answered here by the fallback or an error, and the
+    /// client's connection stays open: pingora reuses it only for answers given before the
+    /// loop.
+    async fn proxy_upstream_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
+        let runtime = ctx.runtime.clone();
+        let Some(route) = ctx.route.and_then(|i| runtime.routes.get(i)) else {
+            return Ok(true);
+        };
+        let now = Instant::now();
+        let call = &mut ctx.call;
+        call.target = Some(route.cluster.clone());
+        route.cluster.budget().deposit(now);
+        call.deadline = route
+            .policy
+            .timeout
+            .or(route.cluster.spec().policy.timeout)
+            .map(|t| now + t);
+        match admit_attempt(route, session, ctx, now).await {
+            Ok(picked) => {
+                ctx.call.admitted = Some(picked);
+                Ok(true)
+            }
+            Err(failure) => {
+                let error = failure.error();
+                ctx.call.failure = Some(failure);
+                ctx.error = Some(error);
+                if self.try_fallback(session, ctx, error, true).await.is_none() {
+                    respond(session, ctx, error).await?;
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    /// Gives pingora the endpoint of each attempt: the one admitted before the loop, then for
+    /// retries another admission (deadline, breaker, bulkhead) and an endpoint of the target
+    /// cluster this request has not tried yet. Refusals move the request to the route's
     /// fallback cluster, or end it for the fallback in `fail_to_proxy`.
     async fn upstream_peer(
         &self,
@@ -522,59 +596,42 @@ impl ProxyHttp for GatewayProxy {
                 Error::explain(ErrorType::InternalError, "upstream_peer without a route")
             })?;
         let now = Instant::now();
-        let call = &mut ctx.call;
-        if call.attempts == 0 {
-            call.target = Some(route.cluster.clone());
-            route.cluster.budget().deposit(now);
-            call.deadline = route
-                .policy
-                .timeout
-                .or(route.cluster.spec().policy.timeout)
-                .map(|t| now + t);
-        }
-        call.attempts += 1;
-        call.permit = None;
-        call.answered = false;
-        call.status_retry = None;
-        loop {
-            let cluster = call.target.clone().unwrap_or_else(|| route.cluster.clone());
-            let hash = match &cluster.spec().load_balancing {
-                crate::config::LoadBalancing::ConsistentHash(key) => {
-                    hash_input(key, session.req_header(), ctx.client_ip)
-                }
-                _ => Vec::new(),
-            };
-            match admit(&cluster, call, &hash, now).await {
-                Ok(picked) => {
-                    let per_try = route
-                        .policy
-                        .per_try_timeout
-                        .unwrap_or(cluster.spec().policy.per_try_timeout);
-                    let read = match call.deadline {
-                        Some(d) => per_try.min(d.saturating_duration_since(now)),
-                        None => per_try,
-                    };
-                    let mut peer = picked.peer();
-                    peer.options.read_timeout = Some(read.max(Duration::from_millis(1)));
-                    call.tried.push(picked.endpoint().address);
-                    call.attempt_started = Some(now);
-                    call.reached_upstream = true;
-                    ctx.picked = Some(picked);
-                    return Ok(peer);
-                }
-                Err(failure) => {
-                    if switch_to_fallback_cluster(route, call, failure) {
-                        continue;
-                    }
-                    call.failure = Some(failure);
-                    ctx.error = Some(failure.error());
-                    return Err(Error::explain(
-                        ErrorType::HTTPStatus(failure.error().status()),
-                        "the upstream call was refused",
-                    ));
-                }
+        ctx.call.in_proxy_loop = true;
+        ctx.call.attempts += 1;
+        ctx.call.answered = false;
+        ctx.call.status_retry = None;
+        let picked = match ctx.call.admitted.take() {
+            Some(picked) => picked,
+            None => {
+                ctx.call.permit = None;
+                admit_attempt(route, session, ctx, now)
+                    .await
+                    .map_err(|failure| {
+                        ctx.call.failure = Some(failure);
+                        ctx.error = Some(failure.error());
+                        Error::explain(
+                            ErrorType::HTTPStatus(failure.error().status()),
+                            "the upstream call was refused",
+                        )
+                    })?
             }
-        }
+        };
+        let call = &mut ctx.call;
+        let cluster = call.target.clone().unwrap_or_else(|| route.cluster.clone());
+        let per_try = route
+            .policy
+            .per_try_timeout
+            .unwrap_or(cluster.spec().policy.per_try_timeout);
+        let read = match call.deadline {
+            Some(d) => per_try.min(d.saturating_duration_since(now)),
+            None => per_try,
+        };
+        let mut peer = picked.peer();
+        peer.options.read_timeout = Some(read.max(Duration::from_millis(1)));
+        call.tried.push(picked.endpoint().address);
+        call.attempt_started = Some(now);
+        ctx.picked = Some(picked);
+        Ok(peer)
     }
 
     /// Records the failed connect and decides whether to try another endpoint (the request
@@ -859,9 +916,9 @@ impl ProxyHttp for GatewayProxy {
                 can_reuse_downstream: false,
             };
         };
-        // pingora honours reuse only for failures before an upstream was chosen; otherwise the
-        // connection closes, and the response must say so or the client reuses a dead socket.
-        let reusable = !ctx.call.reached_upstream;
+        // pingora reuses the connection only for failures before its proxy loop; otherwise it
+        // closes, and the response must say so or the client reuses a dead socket.
+        let reusable = !ctx.call.in_proxy_loop;
         if let Some(status) = self.try_fallback(session, ctx, error, reusable).await {
             return FailToProxy {
                 error_code: status,

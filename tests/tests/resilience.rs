@@ -133,12 +133,66 @@ async fn without_a_fallback_an_open_breaker_is_a_fast_503() {
     for _ in 0..3 {
         let r = http.get(gw.url("/x")).send().await.expect("req");
         assert_eq!(r.status(), 502);
+        assert_eq!(
+            r.headers()["connection"],
+            "close",
+            "pingora closes the connection after a failed upstream attempt; the answer says so"
+        );
     }
     let r = http.get(gw.url("/x")).send().await.expect("req");
     assert_eq!(r.status(), 503);
     let j: serde_json::Value = r.json().await.expect("json");
     assert_eq!(j["error"], "circuit_open");
     assert_eq!(j["cluster"], "dead");
+    // A refusal is answered before the proxy loop: the client's connection stays usable.
+    let statuses = requests_on_one_connection(&gw, 3).await;
+    assert_eq!(statuses, vec![503, 503, 503]);
+}
+
+/// Sends `n` GETs one after another on a single HTTP/1.1 connection and returns the statuses;
+/// fails if the gateway closes the connection in between.
+async fn requests_on_one_connection(gw: &Gateway, n: usize) -> Vec<u16> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let addr = gw.url("").trim_start_matches("http://").to_owned();
+    let stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    let mut conn = BufReader::new(stream);
+    let mut statuses = Vec::new();
+    for i in 0..n {
+        conn.get_mut()
+            .write_all(b"GET /x HTTP/1.1\r\nhost: t\r\n\r\n")
+            .await
+            .expect("write");
+        let mut line = String::new();
+        conn.read_line(&mut line).await.expect("status line");
+        assert!(!line.is_empty(), "connection closed before request {i}");
+        statuses.push(
+            line.split(' ')
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
+        );
+        let mut length = 0;
+        loop {
+            line.clear();
+            conn.read_line(&mut line).await.expect("header");
+            let l = line.trim_end().to_ascii_lowercase();
+            if l.is_empty() {
+                break;
+            }
+            assert_ne!(
+                l, "connection: close",
+                "request {i} was answered with a close"
+            );
+            if let Some(v) = l.strip_prefix("content-length:") {
+                length = v.trim().parse().expect("length");
+            }
+        }
+        let mut body = vec![0; length];
+        conn.read_exact(&mut body).await.expect("body");
+    }
+    statuses
 }
 
 #[tokio::test]
