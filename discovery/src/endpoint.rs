@@ -77,6 +77,23 @@ impl EndpointSet {
         }
     }
 
+    /// The updates that turn this set into `next`: upserts of new or changed endpoints, then
+    /// removals, in address order.
+    pub fn diff(&self, next: &EndpointSet) -> Vec<Update> {
+        let upserts = next
+            .iter()
+            .filter(|e| self.endpoints.get(&e.address) != Some(*e))
+            .cloned()
+            .map(Update::Upsert);
+        let removals = self
+            .endpoints
+            .keys()
+            .filter(|a| !next.endpoints.contains_key(*a))
+            .copied()
+            .map(Update::Remove);
+        upserts.chain(removals).collect()
+    }
+
     /// The endpoints, ordered by address.
     pub fn iter(&self) -> impl Iterator<Item = &Endpoint> {
         self.endpoints.values()
@@ -130,6 +147,27 @@ mod tests {
         assert!(set.apply(Update::Remove(ep(1).address)));
         assert!(!set.apply(Update::Remove(ep(1).address)));
         assert_eq!(set.iter().map(|e| e.weight).collect::<Vec<_>>(), vec![5]);
+    }
+
+    #[test]
+    fn diff_applied_gives_the_next_set() {
+        let before = EndpointSet::from_endpoints([ep(1), ep(2), ep(3)]);
+        let after = EndpointSet::from_endpoints([ep(2).with_weight(4), ep(3), ep(5)]);
+        let updates = before.diff(&after);
+        assert_eq!(
+            updates,
+            vec![
+                Update::Upsert(ep(2).with_weight(4)),
+                Update::Upsert(ep(5)),
+                Update::Remove(ep(1).address),
+            ]
+        );
+        let mut set = before.clone();
+        for u in updates {
+            set.apply(u);
+        }
+        assert_eq!(set, after);
+        assert!(after.diff(&after).is_empty());
     }
 
     #[test]

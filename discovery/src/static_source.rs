@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use futures_util::stream::{self, StreamExt};
 
-use crate::{Discovery, DiscoveryError, Endpoint, Update, UpdateStream};
+use crate::{Discovery, DiscoveryError, Endpoint, Query, SourceHealth, Update, Watch};
 
 /// Endpoints declared in configuration. Each watch yields one [`Update::Reset`] and then stays
 /// open without further updates (a static set never changes while it is in use).
@@ -27,15 +27,22 @@ impl StaticDiscovery {
 }
 
 impl Discovery for StaticDiscovery {
-    fn watch(&self, service: &str) -> Result<UpdateStream, DiscoveryError> {
-        let endpoints = self
+    fn watch(&self, query: &Query) -> Result<Watch, DiscoveryError> {
+        let endpoints: Vec<Endpoint> = self
             .services
-            .get(service)
+            .get(&query.service)
+            .ok_or_else(|| DiscoveryError::UnknownService(query.service.clone()))?
+            .iter()
+            .filter(|e| query.selects(e))
             .cloned()
-            .ok_or_else(|| DiscoveryError::UnknownService(service.to_owned()))?;
-        Ok(stream::once(async move { Update::Reset(endpoints) })
-            .chain(stream::pending())
-            .boxed())
+            .collect();
+        let (_, health) = tokio::sync::watch::channel(SourceHealth::always("static"));
+        Ok(Watch {
+            updates: stream::once(async move { Update::Reset(endpoints) })
+                .chain(stream::pending())
+                .boxed(),
+            health,
+        })
     }
 
     fn kind(&self) -> &'static str {
@@ -54,7 +61,10 @@ mod tests {
         let mut source = StaticDiscovery::new();
         let addr = SocketAddr::from(([127, 0, 0, 1], 8080));
         source.insert("catalog", vec![Endpoint::new(addr)]);
-        let mut updates = source.watch("catalog").expect("known service");
+        let mut updates = source
+            .watch(&Query::service("catalog"))
+            .expect("known service")
+            .updates;
         assert_eq!(
             updates.next().await,
             Some(Update::Reset(vec![Endpoint::new(addr)]))
@@ -65,10 +75,24 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn tags_select_a_subset() {
+        let mut source = StaticDiscovery::new();
+        let mut canary = Endpoint::new(SocketAddr::from(([127, 0, 0, 1], 1)));
+        canary.tags.push("canary".into());
+        let stable = Endpoint::new(SocketAddr::from(([127, 0, 0, 1], 2)));
+        source.insert("play", vec![canary.clone(), stable]);
+        let mut w = source
+            .watch(&Query::service("play").tag("canary"))
+            .expect("known");
+        assert_eq!(w.updates.next().await, Some(Update::Reset(vec![canary])));
+        assert!(!w.health.borrow().is_stale());
+    }
+
     #[test]
     fn unknown_service_is_an_error() {
         let err = StaticDiscovery::new()
-            .watch("nope")
+            .watch(&Query::service("nope"))
             .err()
             .map(|e| e.to_string());
         assert_eq!(

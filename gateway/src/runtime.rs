@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use discovery::{Discovery, EndpointSet, StaticDiscovery, UpdateStream};
+use discovery::consul::{Consul, ConsulDiscovery};
+use discovery::{Discovery, EndpointSet, Query, StaticDiscovery, UpdateStream};
 use filters::FilterChain;
 use futures_util::{FutureExt, StreamExt};
 use http::HeaderValue;
@@ -107,21 +108,45 @@ impl Runtime {
     /// it is already available (static endpoints), so the gateway serves from its first request;
     /// the returned streams carry later updates and are driven by [`follow`].
     pub fn discovery_watches(&self, config: &Config) -> Vec<(Arc<Cluster>, UpdateStream)> {
-        let mut source = StaticDiscovery::new();
+        let mut fixed = StaticDiscovery::new();
         for c in &config.clusters {
-            let EndpointSource::Static(eps) = &c.endpoints;
-            source.insert(c.name.clone(), eps.clone());
+            if let EndpointSource::Static(eps) = &c.endpoints {
+                fixed.insert(c.name.clone(), eps.clone());
+            }
         }
+        let consul = config
+            .consul
+            .clone()
+            .map(|c| ConsulDiscovery::new(Consul::new(c)));
         let mut watches = Vec::new();
         for cluster in &self.clusters {
-            match source.watch(cluster.name()) {
-                Ok(mut stream) => {
-                    let mut set = EndpointSet::default();
-                    if let Some(Some(first)) = stream.next().now_or_never() {
-                        set.apply(first);
-                        cluster.update(&set);
+            let (source, query): (&dyn Discovery, Query) = match &cluster.spec().endpoints {
+                EndpointSource::Static(_) => (&fixed, Query::service(cluster.name())),
+                EndpointSource::Consul(q) => match &consul {
+                    Some(c) => (c, q.clone()),
+                    None => {
+                        tracing::error!(
+                            cluster = cluster.name(),
+                            "cluster uses Consul but no Consul is configured"
+                        );
+                        continue;
                     }
-                    watches.push((cluster.clone(), stream));
+                },
+            };
+            match source.watch(&query) {
+                Ok(mut watch) => {
+                    cluster.set_discovery(source.kind(), watch.health.clone());
+                    // A static set is there at once; other sources answer once polled.
+                    if source.kind() == "static" {
+                        if let Some(Some(first)) = watch.updates.next().now_or_never() {
+                            let mut set = EndpointSet::default();
+                            set.apply(first);
+                            cluster.update(&set);
+                        }
+                    } else {
+                        tracing::info!(cluster = cluster.name(), source = source.kind(), service = %query.service, "watching");
+                    }
+                    watches.push((cluster.clone(), watch.updates));
                 }
                 Err(e) => {
                     tracing::error!(cluster = cluster.name(), error = %e, "discovery watch failed")
@@ -131,7 +156,6 @@ impl Runtime {
         watches
     }
 
-    /// Admin view of the routes.
     pub fn route_status(&self) -> Vec<RouteStatus> {
         self.routes
             .iter()
@@ -175,14 +199,21 @@ impl Runtime {
     }
 }
 
-/// Drives a discovery stream, applying each update to its cluster, until the stream ends.
+/// Drives a discovery stream, applying its updates to the cluster until the stream ends. The
+/// updates of one answer (a source's diff) are installed together, as one new table.
 pub async fn follow(cluster: Arc<Cluster>, mut updates: UpdateStream) {
     let mut set = EndpointSet::default();
     while let Some(update) = updates.next().await {
-        if set.apply(update) || !cluster.is_ready() {
+        let mut changed = set.apply(update);
+        while let Some(Some(more)) = updates.next().now_or_never() {
+            changed |= set.apply(more);
+        }
+        if changed || !cluster.is_ready() {
+            let addresses: Vec<String> = set.iter().map(|e| e.address.to_string()).collect();
             tracing::info!(
                 cluster = cluster.name(),
                 endpoints = set.len(),
+                addresses = %addresses.join(","),
                 "endpoint set updated"
             );
             cluster.update(&set);

@@ -9,20 +9,27 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use discovery::{Endpoint, EndpointSet};
+use discovery::{Endpoint, EndpointSet, SourceHealth};
 use pingora::protocols::ALPN;
 use pingora::upstreams::peer::HttpPeer;
 use resilience::{Bulkhead, CircuitBreaker, RetryBudget, Transition};
 use serde::Serialize;
 
-use crate::config::{ClusterSpec, LoadBalancing, UpstreamProtocol};
+use crate::config::{ClusterSpec, EndpointSource, LoadBalancing, UpstreamProtocol};
 use balance::Balancer;
 
-/// Live state of one endpoint. Counters survive endpoint-set updates that keep the endpoint.
+/// Live state of one endpoint: its current description and peer, and counters that survive
+/// endpoint-set updates keeping its address (a new weight or tags from discovery keep them).
 #[derive(Debug)]
 pub struct EndpointState {
     endpoint: Endpoint,
     peer: HttpPeer,
+    stats: Arc<EndpointStats>,
+}
+
+/// The counters of one endpoint address (load, outcomes, outlier ejection).
+#[derive(Debug, Default)]
+pub struct EndpointStats {
     in_flight: AtomicU64,
     requests: AtomicU64,
     failures: AtomicU64,
@@ -41,8 +48,19 @@ fn clock_ms(now: Instant) -> u64 {
     now.saturating_duration_since(origin).as_millis() as u64 + 1
 }
 
+impl std::ops::Deref for EndpointState {
+    type Target = EndpointStats;
+    fn deref(&self) -> &EndpointStats {
+        &self.stats
+    }
+}
+
 impl EndpointState {
     fn new(endpoint: Endpoint, spec: &ClusterSpec) -> Self {
+        Self::with_stats(endpoint, spec, Arc::default())
+    }
+
+    fn with_stats(endpoint: Endpoint, spec: &ClusterSpec, stats: Arc<EndpointStats>) -> Self {
         let mut peer = HttpPeer::new(endpoint.address, false, String::new());
         let o = &mut peer.options;
         o.connection_timeout = Some(spec.timeouts.connect);
@@ -57,12 +75,7 @@ impl EndpointState {
         Self {
             endpoint,
             peer,
-            in_flight: AtomicU64::new(0),
-            requests: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
-            consecutive_failures: AtomicU32::new(0),
-            ejected_until: AtomicU64::new(0),
-            ejections: AtomicU32::new(0),
+            stats,
         }
     }
 
@@ -133,6 +146,8 @@ pub struct Cluster {
     spec: ClusterSpec,
     table: ArcSwap<EndpointTable>,
     ready: AtomicBool,
+    /// The discovery source's kind and health, set when the watch starts.
+    discovery: OnceLock<(&'static str, tokio::sync::watch::Receiver<SourceHealth>)>,
     breaker: Option<Arc<CircuitBreaker>>,
     bulkhead: Bulkhead,
     budget: RetryBudget,
@@ -167,6 +182,7 @@ impl Cluster {
             spec,
             table: ArcSwap::from_pointee(table),
             ready: AtomicBool::new(false),
+            discovery: OnceLock::new(),
             breaker,
             bulkhead,
             budget,
@@ -239,24 +255,46 @@ impl Cluster {
         &self.spec.name
     }
 
+    /// Records which discovery source feeds this cluster and how to see its health.
+    pub fn set_discovery(
+        &self,
+        kind: &'static str,
+        health: tokio::sync::watch::Receiver<SourceHealth>,
+    ) {
+        let _ = self.discovery.set((kind, health));
+    }
+
+    /// The discovery source's health (`None` before the watch started).
+    pub fn discovery_health(&self) -> Option<SourceHealth> {
+        self.discovery.get().map(|(_, h)| h.borrow().clone())
+    }
+
     /// Whether discovery has delivered the first endpoint set.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// Installs a new endpoint set. Endpoints that stay (same address and settings) keep their
-    /// counters; in-flight requests keep the endpoint they were given.
+    /// Installs a new endpoint set. Endpoints that stay (same address) keep their counters,
+    /// outlier state and pooled connections, even when their weight or tags change; in-flight
+    /// requests keep the endpoint they were given.
     pub fn update(&self, set: &EndpointSet) {
         let current = self.table.load();
         let endpoints: Vec<Arc<EndpointState>> = set
             .iter()
             .map(|e| {
-                current
+                match current
                     .endpoints
                     .iter()
-                    .find(|s| s.endpoint == *e)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(EndpointState::new(e.clone(), &self.spec)))
+                    .find(|s| s.endpoint.address == e.address)
+                {
+                    Some(s) if s.endpoint == *e => s.clone(),
+                    Some(s) => Arc::new(EndpointState::with_stats(
+                        e.clone(),
+                        &self.spec,
+                        s.stats.clone(),
+                    )),
+                    None => Arc::new(EndpointState::new(e.clone(), &self.spec)),
+                }
             })
             .collect();
         let weighted: Vec<(std::net::SocketAddr, u32)> = endpoints
@@ -310,6 +348,36 @@ impl Cluster {
             .map(Picked::new)
     }
 
+    fn discovery_status(&self) -> DiscoveryStatus {
+        let (service, tags) = match &self.spec.endpoints {
+            EndpointSource::Consul(q) => (Some(q.service.clone()), q.tags.clone()),
+            EndpointSource::Static(_) => (None, Vec::new()),
+        };
+        let now = std::time::SystemTime::now();
+        let ms = |d: std::time::Duration| d.as_millis() as u64;
+        let health = self.discovery_health();
+        let source = match (&self.spec.endpoints, &health) {
+            (_, Some(h)) => h.source,
+            (EndpointSource::Consul(_), None) => "consul",
+            (EndpointSource::Static(_), None) => "static",
+        };
+        let h = health.unwrap_or_else(|| SourceHealth::new(source));
+        DiscoveryStatus {
+            source,
+            service,
+            tags,
+            stale: h.is_stale(),
+            stale_for_ms: h.staleness(now).map(ms),
+            last_success_ago_ms: h
+                .last_success
+                .map(|t| ms(now.duration_since(t).unwrap_or_default())),
+            consecutive_errors: h.consecutive_errors,
+            last_error: h.last_error,
+            index: h.index,
+            changes: h.changes,
+        }
+    }
+
     /// Whether endpoint choice needs a hash key from the request.
     pub fn hashes(&self) -> bool {
         matches!(self.spec.load_balancing, LoadBalancing::ConsistentHash(_))
@@ -321,7 +389,7 @@ impl Cluster {
         ClusterStatus {
             name: self.spec.name.clone(),
             ready: self.is_ready(),
-            discovery: "static",
+            discovery: self.discovery_status(),
             load_balancing: match &self.spec.load_balancing {
                 LoadBalancing::LeastRequest => "least_request",
                 LoadBalancing::RoundRobin => "round_robin",
@@ -343,6 +411,8 @@ impl Cluster {
                 .map(|s| EndpointStatus {
                     address: s.endpoint.address.to_string(),
                     weight: s.endpoint.weight,
+                    tags: s.endpoint.tags.clone(),
+                    meta: s.endpoint.meta.clone(),
                     in_flight: s.in_flight(),
                     requests: s.requests.load(Ordering::Relaxed),
                     failures: s.failures.load(Ordering::Relaxed),
@@ -359,7 +429,7 @@ impl Cluster {
 pub struct ClusterStatus {
     name: String,
     ready: bool,
-    discovery: &'static str,
+    discovery: DiscoveryStatus,
     load_balancing: &'static str,
     protocol: &'static str,
     breaker: &'static str,
@@ -368,11 +438,37 @@ pub struct ClusterStatus {
     endpoints: Vec<EndpointStatus>,
 }
 
+/// Admin view of where a cluster's endpoints come from and how fresh they are.
+#[derive(Debug, Serialize)]
+pub struct DiscoveryStatus {
+    source: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tags: Vec<String>,
+    /// The last attempt to reach the source failed: the endpoints are the last known ones.
+    stale: bool,
+    /// Milliseconds since the source last confirmed the endpoints, while stale.
+    stale_for_ms: Option<u64>,
+    /// Milliseconds since the source last answered.
+    last_success_ago_ms: Option<u64>,
+    consecutive_errors: u32,
+    last_error: Option<String>,
+    /// The source's version of the answer (Consul's index).
+    index: u64,
+    /// Answers that changed the endpoint set.
+    changes: u64,
+}
+
 /// Admin view of an endpoint.
 #[derive(Debug, Serialize)]
 pub struct EndpointStatus {
     address: String,
     weight: u32,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tags: Vec<String>,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    meta: std::collections::BTreeMap<String, String>,
     in_flight: u64,
     requests: u64,
     failures: u64,

@@ -39,6 +39,8 @@ pub struct Config {
     pub routes: Vec<RouteSpec>,
     /// Global filters, built for this config version; they run before each route's own.
     pub filters: Vec<NamedFilter>,
+    /// How to reach Consul: set when `[discovery.consul]` is present or a cluster uses Consul.
+    pub consul: Option<discovery::consul::ConsulConfig>,
 }
 
 /// Process-wide settings (`[server]`).
@@ -158,6 +160,8 @@ pub struct ClusterTimeouts {
 pub enum EndpointSource {
     /// Listed in the config file.
     Static(Vec<Endpoint>),
+    /// The passing instances of a Consul service (optionally a tag/meta subset).
+    Consul(discovery::Query),
 }
 
 /// An upstream cluster (`[clusters.NAME]`).

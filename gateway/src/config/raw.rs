@@ -23,6 +23,43 @@ pub(crate) struct RawConfig {
     /// Global filters, run before every route's own.
     #[serde(default)]
     pub(crate) filters: Vec<Spanned<RawFilter>>,
+    /// Discovery sources (`[discovery.consul]`).
+    #[serde(default)]
+    pub(crate) discovery: RawDiscovery,
+}
+
+/// `[discovery]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawDiscovery {
+    pub(crate) consul: Option<Spanned<RawConsul>>,
+}
+
+/// `[discovery.consul]`: the agent and how watches behave.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawConsul {
+    pub(crate) address: Option<Spanned<String>>,
+    pub(crate) token: Option<Spanned<String>>,
+    pub(crate) datacenter: Option<Spanned<String>>,
+    pub(crate) wait_ms: Option<Spanned<i64>>,
+    pub(crate) max_queries_per_second: Option<Spanned<f64>>,
+    pub(crate) burst: Option<Spanned<i64>>,
+    pub(crate) retry_base_ms: Option<Spanned<i64>>,
+    pub(crate) retry_max_ms: Option<Spanned<i64>>,
+}
+
+/// `[clusters.NAME.consul]`: the Consul service whose passing instances are the endpoints.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawClusterConsul {
+    pub(crate) service: Spanned<String>,
+    #[serde(default)]
+    pub(crate) tags: Vec<String>,
+    #[serde(default)]
+    pub(crate) meta: BTreeMap<String, String>,
+    pub(crate) filter: Option<String>,
+    pub(crate) datacenter: Option<String>,
 }
 
 /// One `[[filters]]` / `[[routes.filters]]` entry: `filter = "NAME"` plus the filter's own
@@ -77,6 +114,8 @@ pub(crate) struct RawCluster {
     /// `"IP:PORT"` strings or `{ address, weight }` tables, interpreted in validation so that
     /// a bad entry gets a specific message rather than serde's "no variant matched".
     pub(crate) endpoints: Vec<Spanned<toml::Value>>,
+    /// Endpoints from Consul instead of `endpoints`.
+    pub(crate) consul: Option<Spanned<RawClusterConsul>>,
     pub(crate) load_balancing: Option<Spanned<String>>,
     pub(crate) hash_key: Option<Spanned<String>>,
     pub(crate) protocol: Option<Spanned<String>>,

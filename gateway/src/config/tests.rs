@@ -32,8 +32,11 @@ fn full_config_is_typed() {
     );
     assert_eq!(cfg.admin.address, "127.0.0.1:9901".parse().expect("addr"));
     assert_eq!(cfg.clusters.len(), 2);
-    let EndpointSource::Static(eps) = &cfg.clusters[0].endpoints;
+    let EndpointSource::Static(eps) = &cfg.clusters[0].endpoints else {
+        panic!("static endpoints");
+    };
     assert_eq!(eps[1].weight, 3);
+    assert!(cfg.consul.is_none(), "no Consul unless asked for");
     let steering = &cfg.clusters[1];
     assert_eq!(steering.protocol, UpstreamProtocol::H2c);
     assert_eq!(steering.timeouts.connect, Duration::from_millis(250));
@@ -302,4 +305,77 @@ fn resilience_mistakes_are_reported() {
         let e = Config::parse(&text, Path::new("t.toml")).expect_err(expected);
         assert!(e.to_string().contains(expected), "{expected:?} not in {e}");
     }
+}
+
+#[test]
+fn consul_clusters_and_settings_parse() {
+    let text = format!(
+        "{BASE}\n[discovery.consul]\naddress = \"http://127.0.0.1:8600/\"\ndatacenter = \"eu1\"\nwait_ms = 30000\n\
+         max_queries_per_second = 2.5\nburst = 4\nretry_base_ms = 100\nretry_max_ms = 2000\ntoken = \"secret\"\n\n\
+         [clusters.play.consul]\nservice = \"play\"\ntags = [\"canary\"]\nmeta = {{ version = \"2\" }}\n\
+         filter = \"Service.Port > 1000\"\ndatacenter = \"us1\"\n"
+    );
+    let cfg = parse(&text).expect("valid");
+    let consul = cfg.consul.as_ref().expect("consul settings");
+    assert_eq!(consul.address, "127.0.0.1:8600");
+    assert_eq!(consul.datacenter.as_deref(), Some("eu1"));
+    assert_eq!(consul.wait, Duration::from_secs(30));
+    assert_eq!(consul.max_queries_per_second, 2.5);
+    assert_eq!(consul.burst, 4);
+    assert_eq!(consul.retry_base, Duration::from_millis(100));
+    assert_eq!(consul.retry_max, Duration::from_secs(2));
+    assert_eq!(consul.token.as_deref(), Some("secret"));
+    let play = cfg
+        .clusters
+        .iter()
+        .find(|c| c.name == "play")
+        .expect("play");
+    let EndpointSource::Consul(q) = &play.endpoints else {
+        panic!("consul endpoints");
+    };
+    assert_eq!(q.service, "play");
+    assert_eq!(q.tags, vec!["canary".to_owned()]);
+    assert_eq!(q.meta.get("version").map(String::as_str), Some("2"));
+    assert_eq!(q.filter.as_deref(), Some("Service.Port > 1000"));
+    assert_eq!(q.datacenter.as_deref(), Some("us1"));
+
+    // A Consul cluster without the section uses the defaults (and CONSUL_HTTP_ADDR).
+    let text = format!("{BASE}\n[clusters.play.consul]\nservice = \"play\"\n");
+    assert!(parse(&text).expect("valid").consul.is_some());
+}
+
+#[test]
+fn consul_mistakes_are_reported() {
+    let e = err(&format!(
+        "{BASE}\n[clusters.both]\nendpoints = [\"127.0.0.1:1\"]\n[clusters.both.consul]\nservice = \"x\"\n"
+    ));
+    assert!(
+        e.contains("cluster `both` has both endpoints and consul"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{BASE}\n[clusters.bad.consul]\nservice = \"no spaces\"\n"
+    ));
+    assert!(
+        e.contains("Consul service name `no spaces` may only use"),
+        "{e}"
+    );
+    let e = err(&format!(
+        "{BASE}\n[clusters.m.consul]\nservice = \"m\"\nmeta = {{ \"a-b\" = \"1\" }}\n"
+    ));
+    assert!(e.contains("meta key `a-b` cannot be used"), "{e}");
+    let e = err(&format!(
+        "{BASE}\n[discovery.consul]\naddress = \"https://consul:8501\"\n"
+    ));
+    assert!(e.contains("https is not supported"), "{e}");
+    let e = err(&format!(
+        "{BASE}\n[discovery.consul]\nwait_ms = 900000\nmax_queries_per_second = 0\n"
+    ));
+    assert!(e.contains("over Consul's limit of 10 minutes"), "{e}");
+    assert!(
+        e.contains("max_queries_per_second = 0 is out of range"),
+        "{e}"
+    );
+    let e = err(&format!("{BASE}\n[clusters.none]\n"));
+    assert!(e.contains("or consul = { service"), "{e}");
 }

@@ -2,13 +2,13 @@
 
 use std::net::SocketAddr;
 
-use discovery::Endpoint;
+use discovery::{Endpoint, Query};
 use http::HeaderName;
 use toml::Spanned;
 
 use super::{ms, ranged};
 use crate::config::error::Issues;
-use crate::config::raw::RawCluster;
+use crate::config::raw::{RawCluster, RawClusterConsul};
 use crate::config::{
     ClusterSpec, ClusterTimeouts, EndpointSource, HashKey, LoadBalancing, UpstreamProtocol,
 };
@@ -66,6 +66,34 @@ fn endpoint(v: &Spanned<toml::Value>, cluster: &str, issues: &mut Issues<'_>) ->
     }
 }
 
+/// `[clusters.NAME.consul]`: a query that Consul can answer.
+fn consul_query(
+    raw: &Spanned<RawClusterConsul>,
+    cluster: &str,
+    issues: &mut Issues<'_>,
+) -> EndpointSource {
+    let c = raw.get_ref();
+    let query = Query {
+        service: c.service.get_ref().clone(),
+        tags: c.tags.clone(),
+        meta: c.meta.clone(),
+        filter: c.filter.clone().filter(|f| !f.trim().is_empty()),
+        datacenter: c.datacenter.clone(),
+    };
+    if let Err(why) = discovery::consul::check_query(&query) {
+        issues.at(
+            if why.contains("service name") {
+                c.service.span()
+            } else {
+                raw.span()
+            },
+            format!("cluster `{cluster}`: {why}"),
+            "use the name as registered in Consul; narrow by tags, meta or filter",
+        );
+    }
+    EndpointSource::Consul(query)
+}
+
 fn hash_key(v: &Spanned<String>, issues: &mut Issues<'_>) -> Option<HashKey> {
     let text = v.get_ref().as_str();
     let key = match text.split_once(':') {
@@ -107,18 +135,32 @@ pub(super) fn cluster_spec(
             "rename the cluster",
         );
     }
-    let endpoints: Vec<Endpoint> = c
-        .endpoints
-        .iter()
-        .filter_map(|e| endpoint(e, &n, issues))
-        .collect();
-    if c.endpoints.is_empty() {
-        issues.at(
-            span,
-            format!("cluster `{n}` has no endpoints"),
-            "add endpoints = [\"IP:PORT\", ...]",
-        );
-    }
+    let endpoints = match &c.consul {
+        Some(consul) if !c.endpoints.is_empty() => {
+            issues.at(
+                consul.span(),
+                format!("cluster `{n}` has both endpoints and consul"),
+                "keep one: static endpoints = [...] or [clusters.NAME.consul] service = \"NAME\"",
+            );
+            EndpointSource::Static(Vec::new())
+        }
+        Some(consul) => consul_query(consul, &n, issues),
+        None => {
+            if c.endpoints.is_empty() {
+                issues.at(
+                    span,
+                    format!("cluster `{n}` has no endpoints"),
+                    "add endpoints = [\"IP:PORT\", ...] or consul = { service = \"NAME\" }",
+                );
+            }
+            EndpointSource::Static(
+                c.endpoints
+                    .iter()
+                    .filter_map(|e| endpoint(e, &n, issues))
+                    .collect(),
+            )
+        }
+    };
     let load_balancing = match c
         .load_balancing
         .as_ref()
@@ -179,7 +221,7 @@ pub(super) fn cluster_spec(
     Some(ClusterSpec {
         policy,
         name: n,
-        endpoints: EndpointSource::Static(endpoints),
+        endpoints,
         load_balancing,
         protocol,
         timeouts,

@@ -71,10 +71,16 @@ pub(super) fn validate(
         &mut issues,
     );
 
+    let uses_consul = clusters
+        .iter()
+        .any(|c| matches!(c.endpoints, EndpointSource::Consul(_)));
+    let consul = consul_settings(&raw, uses_consul, &mut issues);
+
     if !issues.is_empty() {
         return Err(issues.into_error(source_name));
     }
     Ok(Config {
+        consul,
         server,
         admin,
         access_log,
@@ -83,6 +89,89 @@ pub(super) fn validate(
         routes,
         filters: global,
     })
+}
+
+/// `[discovery.consul]`, over `CONSUL_HTTP_ADDR` / `CONSUL_HTTP_TOKEN` and the defaults;
+/// `None` when no cluster uses Consul and the section is absent.
+fn consul_settings(
+    raw: &RawConfig,
+    used: bool,
+    issues: &mut Issues<'_>,
+) -> Option<discovery::consul::ConsulConfig> {
+    use discovery::consul::{parse_address, ConsulConfig};
+    let section = raw.discovery.consul.as_ref();
+    if section.is_none() && !used {
+        return None;
+    }
+    let mut config = match ConsulConfig::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            if section.and_then(|s| s.get_ref().address.as_ref()).is_none() {
+                issues.at(
+                    section.map_or(0..0, |s| s.span()),
+                    format!("CONSUL_HTTP_ADDR: {e}"),
+                    "set CONSUL_HTTP_ADDR to host:port, or address = \"host:port\" in [discovery.consul]",
+                );
+            }
+            ConsulConfig::default()
+        }
+    };
+    let Some(section) = section else {
+        return Some(config);
+    };
+    let c = section.get_ref();
+    if let Some(a) = &c.address {
+        match parse_address(a.get_ref()) {
+            Ok(address) => config.address = address,
+            Err(e) => issues.at(a.span(), e.to_string(), "write it as \"127.0.0.1:8500\""),
+        }
+    }
+    if let Some(t) = &c.token {
+        if t.get_ref().trim().is_empty() {
+            issues.at(
+                t.span(),
+                "the Consul token is empty",
+                "remove token (CONSUL_HTTP_TOKEN is used then) or set the ACL token",
+            );
+        } else {
+            config.token = Some(t.get_ref().trim().to_owned());
+        }
+    }
+    if let Some(dc) = &c.datacenter {
+        config.datacenter = Some(dc.get_ref().clone());
+    }
+    config.wait = ms(&c.wait_ms, "wait_ms", 60_000, issues).min(Duration::from_secs(600));
+    if c.wait_ms.as_ref().is_some_and(|w| *w.get_ref() > 600_000) {
+        if let Some(w) = &c.wait_ms {
+            issues.at(
+                w.span(),
+                "wait_ms is over Consul's limit of 10 minutes",
+                "use at most 600000",
+            );
+        }
+    }
+    if let Some(q) = &c.max_queries_per_second {
+        if q.get_ref().is_finite() && (0.1..=1000.0).contains(q.get_ref()) {
+            config.max_queries_per_second = *q.get_ref();
+        } else {
+            issues.at(
+                q.span(),
+                format!("max_queries_per_second = {} is out of range", q.get_ref()),
+                "use a value from 0.1 to 1000",
+            );
+        }
+    }
+    config.burst = ranged(&c.burst, "burst", 1, 1000, 10, issues).unsigned_abs() as u32;
+    config.retry_base = ms(&c.retry_base_ms, "retry_base_ms", 250, issues);
+    config.retry_max = ms(&c.retry_max_ms, "retry_max_ms", 10_000, issues);
+    if config.retry_max < config.retry_base {
+        issues.at(
+            section.span(),
+            "retry_max_ms is shorter than retry_base_ms",
+            "make retry_max_ms at least retry_base_ms",
+        );
+    }
+    Some(config)
 }
 
 fn syntax_error(text: &str, source_name: &Path, e: &toml::de::Error) -> ConfigError {
