@@ -52,8 +52,19 @@ pub fn main_with(registry: &FilterRegistry) -> ExitCode {
             Ok(c) => {
                 let filters =
                     c.filters.len() + c.routes.iter().map(|r| r.filters.len()).sum::<usize>();
+                let from_consul = c
+                    .clusters
+                    .iter()
+                    .filter(|s| matches!(s.endpoints, crate::config::EndpointSource::Consul(_)))
+                    .count();
+                let consul = match &c.consul {
+                    Some(k) if from_consul > 0 => {
+                        format!("; {from_consul} from Consul at {}", k.address)
+                    }
+                    _ => String::new(),
+                };
                 println!(
-                    "{}: ok ({} listeners, {} clusters, {} routes, {} filters)",
+                    "{}: ok ({} listeners, {} clusters, {} routes, {} filters{consul})",
                     config.display(),
                     c.listeners.len(),
                     c.clusters.len(),

@@ -64,6 +64,14 @@ pub fn run(config: Config, exit_hook: Option<ExitHook>) -> Result<(), StartError
     }
 
     let runtime = Runtime::build(&config);
+    match &config.consul {
+        Some(c) => {
+            tracing::info!(consul = %c.address, "discovery: Consul for the clusters that name a service, the config file for the rest")
+        }
+        None => tracing::info!(
+            "discovery: the config file's endpoints (embedded default; no Consul configured)"
+        ),
+    }
     let watches = runtime.discovery_watches(&config);
     let state = Arc::new(GatewayState::new(runtime));
 

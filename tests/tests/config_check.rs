@@ -23,6 +23,19 @@ fn check_accepts_the_demo_config() {
 }
 
 #[test]
+fn check_accepts_the_consul_config_without_reaching_consul() {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/consul.toml");
+    let (code, out, err) = run_gateway_cli(&["check", "--config", config]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(
+            ": ok (1 listeners, 2 clusters, 2 routes, 1 filters; 2 from Consul at 127.0.0.1:8500)"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
 fn check_rejects_with_file_line_and_fix() {
     let dir = tempfile::tempdir().expect("dir");
     let path = write(

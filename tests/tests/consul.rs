@@ -302,3 +302,45 @@ async fn in_flight_requests_finish_when_their_endpoint_leaves() {
     assert_eq!(r.headers()["x-echo-instance"], "a");
     assert_eq!(instances(&http, &gw, "/x", 10).await, set(&["b"]));
 }
+
+#[tokio::test]
+async fn a_service_process_registers_itself_and_deregisters_on_sigterm() {
+    let agent = ConsulAgent::start().await;
+    let gw = Gateway::start(&gateway_config(&agent)).await;
+    let http = client();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut echo = Process::spawn(
+        std::process::Command::new(built_bin("sample-services", "echo"))
+            .args(["--listen", &listen, "--name", "p1", "--service", "svc"])
+            .args(["--tag", "canary", "--consul", &agent.address()]),
+    );
+    let end = Instant::now() + CHANGE_DEADLINE;
+    while !endpoints_of(&http, &gw, "canary").await.contains(&listen) {
+        assert!(
+            Instant::now() < end,
+            "the process never showed up\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(instances(&http, &gw, "/canary/x", 5).await, set(&["p1"]));
+    let services = agent.get_json("/v1/agent/services").await;
+    let entry = services
+        .as_object()
+        .and_then(|m| m.values().find(|s| s["Service"] == "svc"))
+        .cloned()
+        .expect("registered");
+    assert_eq!(entry["Meta"]["instance"], "p1");
+
+    // A graceful stop deregisters before the process exits: no wait for a failing check.
+    let status = echo.terminate(Duration::from_secs(10)).await;
+    assert!(status.success(), "{status}");
+    let services = agent.get_json("/v1/agent/services").await;
+    assert!(
+        services
+            .as_object()
+            .is_some_and(|m| m.values().all(|s| s["Service"] != "svc")),
+        "still registered: {services}"
+    );
+    wait_endpoints(&http, &gw, "svc", &[]).await;
+}

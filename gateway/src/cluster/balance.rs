@@ -146,13 +146,13 @@ fn gcd(a: u32, b: u32) -> u32 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::config::{ClusterSpec, HashKey};
     use discovery::Endpoint;
 
     /// A cluster spec with every default, as the config file would give it.
-    fn test_spec() -> ClusterSpec {
+    pub(crate) fn test_spec() -> ClusterSpec {
         let text = "[[listeners]]\naddress = \"127.0.0.1:1\"\n\
                     [clusters.c]\nendpoints = [\"127.0.0.1:1\"]\n\
                     [[routes]]\nname = \"r\"\ncluster = \"c\"\n";

@@ -552,3 +552,53 @@ pub fn resilience_status(cluster: &Cluster, now: Instant) -> serde_json::Value {
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(port: u16, weight: u32) -> Endpoint {
+        Endpoint::new(SocketAddr::from(([127, 0, 0, 1], port))).with_weight(weight)
+    }
+
+    #[test]
+    fn endpoints_that_stay_keep_their_counters_and_ejection_across_updates() {
+        let mut spec = balance::tests::test_spec();
+        spec.policy.outlier = Some(crate::config::OutlierSettings {
+            consecutive_failures: 2,
+            base_ejection: std::time::Duration::from_secs(30),
+            max_ejection: std::time::Duration::from_secs(300),
+            max_ejection_percent: 50,
+        });
+        let cluster = Cluster::new(spec);
+        cluster.update(&EndpointSet::from_endpoints([ep(1, 1), ep(2, 1), ep(3, 1)]));
+        let now = Instant::now();
+        let first = cluster.pick_avoiding(&[], &[ep(2, 1).address, ep(3, 1).address], now);
+        let first = first.expect("endpoint 1");
+        assert_eq!(first.endpoint().address, ep(1, 1).address);
+        cluster.endpoint_failed(&first, now);
+        cluster.endpoint_failed(&first, now);
+        assert!(first.is_ejected(now), "two failures in a row eject it");
+
+        // Discovery changes the weight of 1 and tags 2, drops 3, adds 4. A request picked
+        // before the update still holds endpoint 1.
+        let mut tagged = ep(2, 1);
+        tagged.tags.push("canary".into());
+        cluster.update(&EndpointSet::from_endpoints([ep(1, 5), tagged, ep(4, 1)]));
+        let status = cluster.status();
+        let addresses: Vec<&str> = status
+            .endpoints
+            .iter()
+            .map(|e| e.address.as_str())
+            .collect();
+        assert_eq!(addresses, ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:4"]);
+        let one = &status.endpoints[0];
+        assert_eq!(one.weight, 5, "the new weight applies");
+        assert!(one.ejected, "the ejection survives the update");
+        assert_eq!((one.requests, one.failures, one.ejections), (1, 2, 1));
+        assert_eq!(one.in_flight, 1, "the in-flight request is still counted");
+        drop(first);
+        assert_eq!(cluster.status().endpoints[0].in_flight, 0);
+        assert_eq!(status.endpoints[1].tags, vec!["canary".to_owned()]);
+    }
+}

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
+use discovery::consul::{Consul, ConsulConfig, Service};
 use sample_services::echo::EchoServer;
 
 #[derive(Debug, Parser)]
@@ -20,6 +21,16 @@ struct Args {
     /// Wait this long before every answer (fault injection; 60000 makes it hang).
     #[arg(long, default_value_t = 0)]
     delay_ms: u64,
+    /// Register in Consul at this agent address (`CONSUL_HTTP_ADDR` works too) with an HTTP
+    /// health check on `/health`; deregistered on SIGTERM / Ctrl-C.
+    #[arg(long, env = "CONSUL_HTTP_ADDR")]
+    consul: Option<String>,
+    /// The service name to register as.
+    #[arg(long, default_value = "echo")]
+    service: String,
+    /// Tags to register with (repeat for several, e.g. `--tag canary`).
+    #[arg(long = "tag")]
+    tags: Vec<String>,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -31,10 +42,39 @@ async fn main() -> std::io::Result<()> {
         std::time::Duration::from_millis(args.delay_ms),
     );
     println!("echo `{}` listening on {}", args.name, server.addr());
+    let registration = match &args.consul {
+        Some(address) => {
+            let service = args
+                .tags
+                .iter()
+                .fold(Service::new(&args.service, server.addr()), |s, t| s.tag(t))
+                .meta("instance", &args.name)
+                .http_check("/health");
+            let consul = ConsulConfig::with_address(address)
+                .map(Consul::new)
+                .map_err(std::io::Error::other)?;
+            let registration = consul
+                .register(service)
+                .await
+                .map_err(std::io::Error::other)?;
+            println!(
+                "registered as `{}` ({}) in Consul at {address}",
+                args.service,
+                registration.service().id
+            );
+            Some(registration)
+        }
+        None => None,
+    };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+    if let Some(r) = registration {
+        if let Err(e) = r.deregister().await {
+            eprintln!("could not deregister from Consul: {e}");
+        }
     }
     server.stop();
     Ok(())

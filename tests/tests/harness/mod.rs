@@ -540,3 +540,48 @@ impl Drop for ConsulAgent {
         self.stop();
     }
 }
+
+/// A child process that is killed when dropped (also when a test fails).
+#[derive(Debug)]
+pub struct Process(Option<Child>);
+
+impl Process {
+    /// Spawns `cmd` with its output discarded.
+    pub fn spawn(cmd: &mut Command) -> Self {
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn process");
+        Self(Some(child))
+    }
+
+    /// Sends SIGTERM and waits (at most `deadline`) for the exit status.
+    pub async fn terminate(&mut self, deadline: Duration) -> ExitStatus {
+        let child = self.0.as_mut().expect("running");
+        let ok = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "could not signal the process");
+        let end = Instant::now() + deadline;
+        loop {
+            if let Some(status) = child.try_wait().ok().flatten() {
+                self.0 = None;
+                return status;
+            }
+            assert!(Instant::now() < end, "process did not exit in time");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
