@@ -124,6 +124,11 @@ impl<F: Fetch> Loop<F> {
                 Ok((endpoints, answered)) => self.answered(endpoints, answered),
                 Err(error) => {
                     self.failures = self.failures.saturating_add(1);
+                    // Contact was lost: the agent may have restarted with a lower index, and a
+                    // blocking query with our (higher) index would wait out the whole `wait`
+                    // before showing it. The next query reads afresh; the comparison keeps
+                    // an unchanged answer from counting as a change.
+                    self.index = 0;
                     let delay = backoff(
                         self.retry_base,
                         self.retry_max,
@@ -384,6 +389,11 @@ mod tests {
             .iter()
             .map(|(_, t)| *t)
             .collect();
+        assert_eq!(
+            script.sent(),
+            vec![0, 10, 0, 0, 0, 0, 10],
+            "after losing contact the watch reads afresh, then blocks again"
+        );
         let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
         // After failure n the loop waits 50..100 ms * 2^(n-1): growing gaps.
         assert!(gaps[1] >= Duration::from_millis(50) && gaps[1] <= Duration::from_millis(100));
