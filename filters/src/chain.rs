@@ -14,6 +14,10 @@ pub struct NamedFilter {
     pub name: Arc<str>,
     /// The built filter.
     pub filter: Arc<dyn Filter>,
+    /// Identifies the filter's place and settings (e.g. owner, name and settings text), so a
+    /// config reload can keep the instance, and its state (rate-limit buckets, key caches),
+    /// when nothing about it changed. Empty: never reused.
+    pub fingerprint: Arc<str>,
 }
 
 impl NamedFilter {
@@ -22,7 +26,14 @@ impl NamedFilter {
         Self {
             name: name.into(),
             filter,
+            fingerprint: Arc::from(""),
         }
+    }
+
+    /// Sets the fingerprint.
+    pub fn with_fingerprint(mut self, fingerprint: impl Into<Arc<str>>) -> Self {
+        self.fingerprint = fingerprint.into();
+        self
     }
 }
 

@@ -54,6 +54,14 @@ pub trait Filter: Send + Sync + fmt::Debug + 'static {
         false
     }
 
+    /// Whether a config reload that leaves this filter's place and settings unchanged keeps
+    /// this instance (and its state, e.g. rate-limit buckets) instead of a fresh one. Filters
+    /// that read files or remote keys at build time should say `false` (the default), so a
+    /// reload picks up new contents.
+    fn keep_across_reloads(&self) -> bool {
+        false
+    }
+
     /// Runs on the response head before it is sent to the client, in reverse chain order. Runs
     /// for upstream responses and for responses the gateway made (filter answers, errors,
     /// fallbacks). Default: nothing.

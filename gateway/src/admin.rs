@@ -13,10 +13,22 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde_json::json;
 
+use crate::reload::{Outcome, Reloader};
 use crate::runtime::GatewayState;
 
-/// The admin router over shared state.
-pub fn router(state: Arc<GatewayState>) -> Router {
+/// The admin router over shared state and the reloader.
+pub fn router(state: Arc<GatewayState>, reloader: Arc<Reloader>) -> Router {
+    Router::new()
+        .route("/config", get(config_status).post(config_apply))
+        .route("/config/reload", post(config_reload))
+        .route("/config/versions", get(config_versions))
+        .route("/config/versions/{generation}", get(config_version_text))
+        .route("/config/rollback/{generation}", post(config_rollback))
+        .with_state(reloader)
+        .merge(state_router(state))
+}
+
+fn state_router(state: Arc<GatewayState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -141,7 +153,102 @@ async fn breaker_action(
 async fn not_found() -> Response {
     let body = json!({
         "error": "not_found",
-        "endpoints": ["/healthz", "/readyz", "/routes", "/clusters", "/breakers", "/breakers/{cluster}", "POST /breakers/{cluster}/force_open|force_closed|reset"],
+        "endpoints": ["/healthz", "/readyz", "/routes", "/clusters", "/breakers", "/breakers/{cluster}", "POST /breakers/{cluster}/force_open|force_closed|reset", "/config", "POST /config", "POST /config/reload", "/config/versions", "/config/versions/{generation}", "POST /config/rollback/{generation}"],
     });
     (StatusCode::NOT_FOUND, Json(body)).into_response()
+}
+
+/// `GET /config`: the version serving now, the last reload attempt, rejections, sources.
+async fn config_status(State(reloader): State<Arc<Reloader>>) -> Response {
+    Json(reloader.status()).into_response()
+}
+
+/// `GET /config/versions`: the kept versions, newest first.
+async fn config_versions(State(reloader): State<Arc<Reloader>>) -> Response {
+    Json(json!({ "versions": reloader.versions() })).into_response()
+}
+
+/// `GET /config/versions/{generation}`: that version's document.
+async fn config_version_text(
+    State(reloader): State<Arc<Reloader>>,
+    Path(generation): Path<u64>,
+) -> Response {
+    match reloader
+        .versions()
+        .into_iter()
+        .find(|v| v.generation == generation)
+    {
+        Some(v) => (
+            [(axum::http::header::CONTENT_TYPE, "application/toml")],
+            v.text.to_string(),
+        )
+            .into_response(),
+        None => unknown_generation(&reloader, generation),
+    }
+}
+
+fn unknown_generation(reloader: &Reloader, generation: u64) -> Response {
+    let kept: Vec<u64> = reloader.versions().iter().map(|v| v.generation).collect();
+    let body = json!({
+        "error": "unknown_generation",
+        "reason": format!("generation {generation} is not among the kept versions"),
+        "kept": kept,
+    });
+    (StatusCode::NOT_FOUND, Json(body)).into_response()
+}
+
+fn outcome_response(outcome: Outcome) -> Response {
+    match outcome {
+        Outcome::Applied(v) => Json(json!({ "result": "applied", "version": v })).into_response(),
+        Outcome::Unchanged(generation) => {
+            Json(json!({ "result": "unchanged", "generation": generation })).into_response()
+        }
+        Outcome::Rejected(reason) => {
+            let body = json!({
+                "error": "config_rejected",
+                "reason": reason,
+                "note": "the running version keeps serving",
+            });
+            (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
+        }
+    }
+}
+
+fn admin_reload_off() -> Response {
+    let body = json!({
+        "error": "admin_reload_disabled",
+        "reason": "reloads over the admin API are off ([reload] admin = false)",
+    });
+    (StatusCode::FORBIDDEN, Json(body)).into_response()
+}
+
+/// `POST /config`: the body is a whole config document; it is validated and applied, or
+/// rejected with the same messages as `gateway check`.
+async fn config_apply(State(reloader): State<Arc<Reloader>>, body: String) -> Response {
+    if !reloader.settings().admin {
+        return admin_reload_off();
+    }
+    outcome_response(reloader.apply(&body, "admin").await)
+}
+
+/// `POST /config/reload`: reads the config file again.
+async fn config_reload(State(reloader): State<Arc<Reloader>>) -> Response {
+    if !reloader.settings().admin {
+        return admin_reload_off();
+    }
+    outcome_response(reloader.reload_file("admin").await)
+}
+
+/// `POST /config/rollback/{generation}`: applies a kept version again, as a new generation.
+async fn config_rollback(
+    State(reloader): State<Arc<Reloader>>,
+    Path(generation): Path<u64>,
+) -> Response {
+    if !reloader.settings().admin {
+        return admin_reload_off();
+    }
+    match reloader.rollback(generation).await {
+        Some(outcome) => outcome_response(outcome),
+        None => unknown_generation(&reloader, generation),
+    }
 }

@@ -79,7 +79,14 @@ pub fn main_with(registry: &FilterRegistry) -> ExitCode {
             }
         },
         Command::Run { config } => {
-            let cfg = match Config::load_with(&config, registry) {
+            let loaded = std::fs::read_to_string(&config)
+                .map_err(|e| crate::config::ConfigError::io(&config, &e).to_string())
+                .and_then(|text| {
+                    Config::parse_with(&text, &config, registry)
+                        .map(|c| (c, text))
+                        .map_err(|e| e.to_string())
+                });
+            let (cfg, text) = match loaded {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("{e}");
@@ -96,7 +103,7 @@ pub fn main_with(registry: &FilterRegistry) -> ExitCode {
                     g.clear();
                 }
             });
-            match crate::server::run(cfg, Some(flush)) {
+            match crate::server::run(cfg, &config, &text, registry.clone(), Some(flush)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("gateway: {e}");

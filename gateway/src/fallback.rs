@@ -179,6 +179,11 @@ impl Capture {
 
 impl LastGood {
     /// An empty store.
+    /// The settings this store was made with.
+    pub fn settings(&self) -> LastGoodSettings {
+        self.settings
+    }
+
     pub fn new(settings: LastGoodSettings) -> Self {
         let floor = (settings.max_bytes / settings.max_entries.max(1) as u64).max(1);
         Self {

@@ -14,6 +14,7 @@ pub mod errors;
 pub mod fallback;
 mod filtering;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod runtime;
 pub mod server;

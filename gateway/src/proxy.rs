@@ -416,7 +416,7 @@ impl GatewayProxy {
         let now = Instant::now();
         let key = last_good_key(session);
         let last_good = match (&route.last_good, &key) {
-            (Some(lg), Some(k)) => Some((lg, &**k)),
+            (Some(lg), Some(k)) => Some((&**lg, &**k)),
             _ => None,
         };
         let answer = fallback::local_answer(spec, last_good, failure, now);

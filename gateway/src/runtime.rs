@@ -7,7 +7,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use discovery::consul::{Consul, ConsulDiscovery};
 use discovery::{Discovery, EndpointSet, Query, StaticDiscovery, UpdateStream};
-use filters::FilterChain;
+use std::collections::HashMap;
+
+use filters::{Filter, FilterChain, NamedFilter};
 use futures_util::{FutureExt, StreamExt};
 use http::HeaderValue;
 use serde::Serialize;
@@ -36,7 +38,7 @@ pub struct Route {
     /// The fallback's cluster, if it has one.
     pub fallback_cluster: Option<Arc<Cluster>>,
     /// The last good responses, when the fallback keeps them.
-    pub last_good: Option<LastGood>,
+    pub last_good: Option<Arc<LastGood>>,
 }
 
 /// Everything a request needs, for one config version.
@@ -52,42 +54,97 @@ pub struct Runtime {
     pub access_log: AccessLogSettings,
     /// The global filters alone, for requests no route matches.
     pub default_chain: FilterChain,
+    /// Filters whose state a reload may keep, by fingerprint.
+    pub kept_filters: HashMap<Arc<str>, Arc<dyn Filter>>,
+    /// The Consul settings the clusters' watches use.
+    pub consul: Option<discovery::consul::ConsulConfig>,
 }
 
 impl Runtime {
-    /// Builds the snapshot; clusters start empty and are filled by [`Runtime::discovery_watches`].
+    /// Builds the first snapshot; clusters start empty and are filled by
+    /// [`Runtime::discovery_watches`].
     pub fn build(config: &Config) -> Self {
+        Self::build_from(config, None)
+    }
+
+    /// Builds a snapshot for `config`, keeping from `previous` what did not change: clusters
+    /// with the same settings (their breaker, bulkhead, budget, endpoints with their outlier
+    /// state, and discovery watch), filters that keep state in the same place with the same
+    /// settings (rate-limit buckets), and the last-good stores of routes whose fallback
+    /// settings stayed. A cluster whose settings changed starts fresh, seeded with the old
+    /// cluster's endpoints when it still has the same endpoint source.
+    pub fn build_from(config: &Config, previous: Option<&Runtime>) -> Self {
+        let old_cluster = |name: &str| {
+            previous.and_then(|p| p.clusters.iter().find(|c| c.name() == name).cloned())
+        };
+        let same_consul = previous.is_some_and(|p| p.consul == config.consul);
         let clusters: Vec<Arc<Cluster>> = config
             .clusters
             .iter()
-            .map(|c| Arc::new(Cluster::new(c.clone())))
-            .collect();
-        let routes = config
-            .routes
-            .iter()
-            .filter_map(|r| {
-                Some(Route {
-                    name: r.name.as_str().into(),
-                    matcher: r.matcher.clone(),
-                    rewrite: r.rewrite.clone(),
-                    cluster: clusters.get(r.cluster)?.clone(),
-                    chain: FilterChain::concat(&config.filters, &r.filters),
-                    policy: r.policy.clone(),
-                    fallback_cluster: r
-                        .policy
-                        .fallback
-                        .as_ref()
-                        .and_then(|f| f.cluster)
-                        .and_then(|i| clusters.get(i).cloned()),
-                    last_good: r
-                        .policy
-                        .fallback
-                        .as_ref()
-                        .and_then(|f| f.last_good)
-                        .map(LastGood::new),
-                })
+            .map(|spec| {
+                let from_consul = matches!(spec.endpoints, EndpointSource::Consul(_));
+                match old_cluster(&spec.name) {
+                    Some(old) if old.spec() == spec && (same_consul || !from_consul) => old,
+                    Some(old) if old.spec().endpoints == spec.endpoints => {
+                        let fresh = Cluster::new(spec.clone());
+                        fresh.seed_from(&old);
+                        Arc::new(fresh)
+                    }
+                    _ => Arc::new(Cluster::new(spec.clone())),
+                }
             })
             .collect();
+        let kept = |f: &NamedFilter| -> NamedFilter {
+            let old = previous
+                .filter(|_| f.filter.keep_across_reloads() && !f.fingerprint.is_empty())
+                .and_then(|p| p.kept_filters.get(&f.fingerprint));
+            match old {
+                Some(old) => NamedFilter {
+                    filter: old.clone(),
+                    ..f.clone()
+                },
+                None => f.clone(),
+            }
+        };
+        let global: Vec<NamedFilter> = config.filters.iter().map(kept).collect();
+        let mut kept_filters = HashMap::new();
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for r in &config.routes {
+            let Some(cluster) = clusters.get(r.cluster).cloned() else {
+                continue;
+            };
+            let own: Vec<NamedFilter> = r.filters.iter().map(kept).collect();
+            for f in global.iter().chain(&own) {
+                if f.filter.keep_across_reloads() && !f.fingerprint.is_empty() {
+                    kept_filters.insert(f.fingerprint.clone(), f.filter.clone());
+                }
+            }
+            let fallback = r.policy.fallback.as_ref();
+            let last_good = fallback.and_then(|f| f.last_good).map(|settings| {
+                previous
+                    .and_then(|p| p.routes.iter().find(|o| *o.name == *r.name))
+                    .and_then(|o| o.last_good.clone())
+                    .filter(|lg| lg.settings() == settings)
+                    .unwrap_or_else(|| Arc::new(LastGood::new(settings)))
+            });
+            routes.push(Route {
+                name: r.name.as_str().into(),
+                matcher: r.matcher.clone(),
+                rewrite: r.rewrite.clone(),
+                cluster,
+                chain: FilterChain::concat(&global, &own),
+                policy: r.policy.clone(),
+                fallback_cluster: fallback
+                    .and_then(|f| f.cluster)
+                    .and_then(|i| clusters.get(i).cloned()),
+                last_good,
+            });
+        }
+        for f in &global {
+            if f.filter.keep_across_reloads() && !f.fingerprint.is_empty() {
+                kept_filters.insert(f.fingerprint.clone(), f.filter.clone());
+            }
+        }
         let via = HeaderValue::from_str(&format!("1.1 {}", config.server.via))
             .unwrap_or_else(|_| HeaderValue::from_static("1.1 gateway"));
         Self {
@@ -95,7 +152,9 @@ impl Runtime {
             clusters,
             via,
             access_log: config.access_log.clone(),
-            default_chain: FilterChain::new(config.filters.clone()),
+            default_chain: FilterChain::new(global),
+            kept_filters,
+            consul: config.consul.clone(),
         }
     }
 
@@ -108,6 +167,14 @@ impl Runtime {
     /// it is already available (static endpoints), so the gateway serves from its first request;
     /// the returned streams carry later updates and are driven by [`follow`].
     pub fn discovery_watches(&self, config: &Config) -> Vec<(Arc<Cluster>, UpdateStream)> {
+        Self::watches_for(&self.clusters, config)
+    }
+
+    /// Starts the discovery watches of `clusters` (static ones are filled at once).
+    pub fn watches_for(
+        clusters: &[Arc<Cluster>],
+        config: &Config,
+    ) -> Vec<(Arc<Cluster>, UpdateStream)> {
         let mut fixed = StaticDiscovery::new();
         for c in &config.clusters {
             if let EndpointSource::Static(eps) = &c.endpoints {
@@ -119,7 +186,7 @@ impl Runtime {
             .clone()
             .map(|c| ConsulDiscovery::new(Consul::new(c)));
         let mut watches = Vec::new();
-        for cluster in &self.clusters {
+        for cluster in clusters {
             let (source, query): (&dyn Discovery, Query) = match &cluster.spec().endpoints {
                 EndpointSource::Static(_) => (&fixed, Query::service(cluster.name())),
                 EndpointSource::Consul(q) => match &consul {
@@ -257,6 +324,11 @@ impl GatewayState {
     /// The current snapshot.
     pub fn runtime(&self) -> Arc<Runtime> {
         self.runtime.load_full()
+    }
+
+    /// Installs a new snapshot; requests already running keep the one they loaded.
+    pub fn swap(&self, runtime: Arc<Runtime>) {
+        self.runtime.store(runtime);
     }
 
     /// Requests being served right now.

@@ -2,6 +2,7 @@
 //! discovery, drain on SIGTERM) and runs it.
 
 use std::net::TcpListener as StdTcpListener;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,7 +16,9 @@ use pingora::services::background::{background_service, BackgroundService};
 
 use crate::config::{Config, ListenerSpec};
 use crate::proxy::GatewayProxy;
-use crate::runtime::{follow, GatewayState, Runtime};
+use crate::reload::Reloader;
+use crate::runtime::{GatewayState, Runtime};
+use filters::FilterRegistry;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +49,16 @@ pub enum StartError {
 pub type ExitHook = Box<dyn FnOnce() + Send>;
 
 /// Serves `config` until SIGTERM (drain, then exit) or SIGINT (exit now).
-pub fn run(config: Config, exit_hook: Option<ExitHook>) -> Result<(), StartError> {
+///
+/// `path` and `text` are the config file and its document: later versions are reloaded from
+/// the file (watched, SIGHUP), the admin API or Consul KV, with filters from `registry`.
+pub fn run(
+    config: Config,
+    path: &Path,
+    text: &str,
+    registry: FilterRegistry,
+    exit_hook: Option<ExitHook>,
+) -> Result<(), StartError> {
     let admin_listener =
         StdTcpListener::bind(config.admin.address).map_err(|source| StartError::Bind {
             what: "admin".into(),
@@ -74,6 +86,14 @@ pub fn run(config: Config, exit_hook: Option<ExitHook>) -> Result<(), StartError
     }
     let watches = runtime.discovery_watches(&config);
     let state = Arc::new(GatewayState::new(runtime));
+    let reloader = Arc::new(Reloader::new(
+        state.clone(),
+        registry,
+        path,
+        config.clone(),
+        text,
+        watches,
+    ));
 
     let mut conf = ServerConf {
         threads: config.server.threads,
@@ -131,11 +151,13 @@ pub fn run(config: Config, exit_hook: Option<ExitHook>) -> Result<(), StartError
 
     server.add_service(background_service(
         "admin",
-        AdminService::new(admin_listener, state.clone()),
+        AdminService::new(admin_listener, state.clone(), reloader.clone()),
     ));
     server.add_service(background_service(
-        "discovery",
-        DiscoveryService::new(watches),
+        "control",
+        ControlService {
+            reloader: reloader.clone(),
+        },
     ));
     server.add_service(background_service(
         "drain",
@@ -153,13 +175,15 @@ pub fn run(config: Config, exit_hook: Option<ExitHook>) -> Result<(), StartError
 struct AdminService {
     listener: Mutex<Option<StdTcpListener>>,
     state: Arc<GatewayState>,
+    reloader: Arc<Reloader>,
 }
 
 impl AdminService {
-    fn new(listener: StdTcpListener, state: Arc<GatewayState>) -> Self {
+    fn new(listener: StdTcpListener, state: Arc<GatewayState>, reloader: Arc<Reloader>) -> Self {
         Self {
             listener: Mutex::new(Some(listener)),
             state,
+            reloader,
         }
     }
 }
@@ -176,8 +200,11 @@ impl BackgroundService for AdminService {
             .and_then(|()| tokio::net::TcpListener::from_std(std_listener));
         match listener {
             Ok(listener) => {
-                if let Err(e) =
-                    axum::serve(listener, crate::admin::router(self.state.clone())).await
+                if let Err(e) = axum::serve(
+                    listener,
+                    crate::admin::router(self.state.clone(), self.reloader.clone()),
+                )
+                .await
                 {
                     tracing::error!(error = %e, "admin API stopped");
                 }
@@ -187,34 +214,34 @@ impl BackgroundService for AdminService {
     }
 }
 
-struct DiscoveryService {
-    watches: Mutex<Vec<(Arc<crate::cluster::Cluster>, discovery::UpdateStream)>>,
-}
-
-impl DiscoveryService {
-    fn new(watches: Vec<(Arc<crate::cluster::Cluster>, discovery::UpdateStream)>) -> Self {
-        Self {
-            watches: Mutex::new(watches),
-        }
-    }
+/// Runs discovery watches (of every config version) and the reload sources: the config
+/// file watch, SIGHUP and the Consul KV key.
+struct ControlService {
+    reloader: Arc<Reloader>,
 }
 
 #[async_trait]
-impl BackgroundService for DiscoveryService {
+impl BackgroundService for ControlService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let watches = self
-            .watches
-            .lock()
-            .map(|mut w| std::mem::take(&mut *w))
-            .unwrap_or_default();
-        let tasks: Vec<_> = watches
-            .into_iter()
-            .map(|(cluster, stream)| tokio::spawn(follow(cluster, stream)))
-            .collect();
+        self.reloader.start().await;
+        let settings = self.reloader.settings().clone();
+        let mut tasks = Vec::new();
+        if settings.watch_file {
+            tasks.push(tokio::spawn(crate::reload::watch_file(
+                self.reloader.clone(),
+                settings.debounce,
+            )));
+        }
+        if settings.sighup {
+            tasks.push(tokio::spawn(crate::reload::on_sighup(
+                self.reloader.clone(),
+            )));
+        }
         let _ = shutdown.changed().await;
         for t in tasks {
             t.abort();
         }
+        self.reloader.stop().await;
     }
 }
 

@@ -321,6 +321,11 @@ fn add_report(headers: &mut http::HeaderMap, r: &Report) {
 
 #[async_trait]
 impl Filter for RateLimitFilter {
+    /// The buckets are the state: a reload that keeps the limits keeps who used how much.
+    fn keep_across_reloads(&self) -> bool {
+        true
+    }
+
     async fn on_request(&self, req: &mut request::Parts, ctx: &mut FilterContext) -> Flow {
         match self.check(req, ctx) {
             Ok(report) => {

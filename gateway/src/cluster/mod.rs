@@ -297,6 +297,10 @@ impl Cluster {
                 }
             })
             .collect();
+        self.install(endpoints);
+    }
+
+    fn install(&self, endpoints: Vec<Arc<EndpointState>>) {
         let weighted: Vec<(std::net::SocketAddr, u32)> = endpoints
             .iter()
             .map(|s| (s.endpoint.address, s.endpoint.weight))
@@ -307,6 +311,39 @@ impl Cluster {
             balancer,
         }));
         self.ready.store(true, Ordering::Release);
+    }
+
+    /// The current endpoints.
+    pub fn endpoint_set(&self) -> EndpointSet {
+        EndpointSet::from_endpoints(
+            self.table
+                .load()
+                .endpoints
+                .iter()
+                .map(|s| s.endpoint.clone()),
+        )
+    }
+
+    /// Starts with `old`'s endpoints (and their counters and outlier state) when `old` was
+    /// ready, so a cluster whose settings changed serves at once instead of waiting for its
+    /// discovery source's first answer.
+    pub fn seed_from(&self, old: &Cluster) {
+        if !old.is_ready() {
+            return;
+        }
+        let table = old.table.load();
+        let endpoints: Vec<Arc<EndpointState>> = table
+            .endpoints
+            .iter()
+            .map(|s| {
+                Arc::new(EndpointState::with_stats(
+                    s.endpoint.clone(),
+                    &self.spec,
+                    s.stats.clone(),
+                ))
+            })
+            .collect();
+        self.install(endpoints);
     }
 
     /// Chooses an endpoint; `hash_key` is used by consistent hashing only. `None` when the

@@ -41,10 +41,42 @@ pub struct Config {
     pub filters: Vec<NamedFilter>,
     /// How to reach Consul: set when `[discovery.consul]` is present or a cluster uses Consul.
     pub consul: Option<discovery::consul::ConsulConfig>,
+    /// Which reload sources are active (`[reload]`).
+    pub reload: ReloadSettings,
+}
+
+/// `[reload]`: where new versions of the config may come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadSettings {
+    /// Reload when the config file changes (editors that replace the file included).
+    pub watch_file: bool,
+    /// Quiet time after the last file change before reloading.
+    pub debounce: Duration,
+    /// Reload the file on SIGHUP.
+    pub sighup: bool,
+    /// Accept new config documents on the admin API (`POST /config`).
+    pub admin: bool,
+    /// Follow this Consul KV key (blocking queries); its value is a whole config document.
+    pub consul_kv: Option<String>,
+    /// Versions kept in memory for rollback.
+    pub history: usize,
+}
+
+impl Default for ReloadSettings {
+    fn default() -> Self {
+        Self {
+            watch_file: true,
+            debounce: Duration::from_millis(250),
+            sighup: true,
+            admin: true,
+            consul_kv: None,
+            history: 10,
+        }
+    }
 }
 
 /// Process-wide settings (`[server]`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerSettings {
     /// Worker threads per proxy service.
     pub threads: usize,
@@ -61,7 +93,7 @@ pub struct ServerSettings {
 }
 
 /// The admin listener (`[admin]`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AdminSettings {
     /// Where the admin API listens (loopback by default).
     pub address: SocketAddr,
@@ -77,7 +109,7 @@ pub enum LogFormat {
 }
 
 /// `[access_log]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AccessLogSettings {
     /// Whether a line is written per request.
     pub enabled: bool,
@@ -86,7 +118,7 @@ pub struct AccessLogSettings {
 }
 
 /// A client-facing listener (`[[listeners]]`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ListenerSpec {
     /// Name for logs.
     pub name: String,
@@ -99,7 +131,7 @@ pub struct ListenerSpec {
 }
 
 /// PEM files of a TLS listener.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TlsFiles {
     /// Certificate chain.
     pub cert: PathBuf,
@@ -165,7 +197,7 @@ pub enum EndpointSource {
 }
 
 /// An upstream cluster (`[clusters.NAME]`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClusterSpec {
     /// Unique name.
     pub name: String,

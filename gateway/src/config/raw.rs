@@ -26,6 +26,21 @@ pub(crate) struct RawConfig {
     /// Discovery sources (`[discovery.consul]`).
     #[serde(default)]
     pub(crate) discovery: RawDiscovery,
+    /// Reload sources (`[reload]`).
+    #[serde(default)]
+    pub(crate) reload: RawReload,
+}
+
+/// `[reload]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawReload {
+    pub(crate) watch_file: Option<bool>,
+    pub(crate) debounce_ms: Option<Spanned<i64>>,
+    pub(crate) sighup: Option<bool>,
+    pub(crate) admin: Option<bool>,
+    pub(crate) consul_kv: Option<Spanned<String>>,
+    pub(crate) history: Option<Spanned<i64>>,
 }
 
 /// `[discovery]`.

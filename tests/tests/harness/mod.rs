@@ -118,10 +118,7 @@ impl Gateway {
         }
         let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let config = format!(
-            "[server]\nthreads = 1\ngrace_period_seconds = 10\ngraceful_shutdown_timeout_seconds = 1\n\n\
-             [admin]\naddress = \"{admin}\"\n\n[[listeners]]\nname = \"public\"\naddress = \"{http}\"\n\n{body}"
-        );
+        let config = Self::document(http, admin, body);
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, config).expect("write config");
         let log = std::fs::File::create(dir.path().join("gateway.log")).expect("log file");
@@ -140,6 +137,28 @@ impl Gateway {
         };
         gw.wait_ready().await;
         gw
+    }
+
+    /// The whole config document the harness writes for `body`.
+    fn document(http: SocketAddr, admin: SocketAddr, body: &str) -> String {
+        format!(
+            "[server]\nthreads = 1\ngrace_period_seconds = 10\ngraceful_shutdown_timeout_seconds = 1\n\n\
+             [admin]\naddress = \"{admin}\"\n\n[[listeners]]\nname = \"public\"\naddress = \"{http}\"\n\n{body}"
+        )
+    }
+
+    /// The whole config document for `body` with this gateway's listener and admin ports
+    /// (for reloads).
+    pub fn config_for(&self, body: &str) -> String {
+        Self::document(self.http, self.admin, body)
+    }
+
+    /// Replaces the config file the way editors do: a new file renamed over the old one.
+    pub fn write_config(&self, body: &str) {
+        let path = self.dir.path().join("gateway.toml");
+        let tmp = self.dir.path().join(".gateway.toml.new");
+        std::fs::write(&tmp, self.config_for(body)).expect("write config");
+        std::fs::rename(&tmp, &path).expect("replace config");
     }
 
     async fn wait_ready(&mut self) {
@@ -191,6 +210,11 @@ impl Gateway {
     /// Everything the gateway wrote so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     /// Sends SIGTERM (graceful drain).

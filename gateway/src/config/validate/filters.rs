@@ -47,9 +47,10 @@ pub(super) fn filter_list(
             .filter(|(k, _)| k.get_ref() != "filter")
             .map(|(k, v)| (k.get_ref().clone(), v.get_ref().clone()))
             .collect();
+        let fingerprint = format!("{owner}\u{1f}{}\u{1f}{name}\u{1f}{table}", out.len());
         let settings = FilterSettings::new(table, base_dir);
         match registry.build(name, &settings) {
-            Ok(f) => out.push(f),
+            Ok(f) => out.push(f.with_fingerprint(fingerprint)),
             Err(e) => {
                 let at = if !registry.contains(name) {
                     name_value.span()

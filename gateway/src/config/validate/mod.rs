@@ -74,13 +74,15 @@ pub(super) fn validate(
     let uses_consul = clusters
         .iter()
         .any(|c| matches!(c.endpoints, EndpointSource::Consul(_)));
-    let consul = consul_settings(&raw, uses_consul, &mut issues);
+    let reload = reload_settings(&raw, &mut issues);
+    let consul = consul_settings(&raw, uses_consul || reload.consul_kv.is_some(), &mut issues);
 
     if !issues.is_empty() {
         return Err(issues.into_error(source_name));
     }
     Ok(Config {
         consul,
+        reload,
         server,
         admin,
         access_log,
@@ -89,6 +91,34 @@ pub(super) fn validate(
         routes,
         filters: global,
     })
+}
+
+fn reload_settings(raw: &RawConfig, issues: &mut Issues<'_>) -> ReloadSettings {
+    let r = &raw.reload;
+    let d = ReloadSettings::default();
+    let consul_kv = r.consul_kv.as_ref().and_then(|k| {
+        let key = k.get_ref().trim().trim_matches('/');
+        let ok = !key.is_empty()
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+        if !ok {
+            issues.at(
+                k.span(),
+                format!("consul_kv `{}` is not a usable KV key", k.get_ref()),
+                "use a path of letters, digits, `-`, `_`, `.` and `/`, e.g. \"gateway/config\"",
+            );
+        }
+        ok.then(|| key.to_owned())
+    });
+    ReloadSettings {
+        watch_file: r.watch_file.unwrap_or(d.watch_file),
+        debounce: ms(&r.debounce_ms, "debounce_ms", 250, issues),
+        sighup: r.sighup.unwrap_or(d.sighup),
+        admin: r.admin.unwrap_or(d.admin),
+        consul_kv,
+        history: ranged(&r.history, "history", 1, 1000, 10, issues).unsigned_abs() as usize,
+    }
 }
 
 /// `[discovery.consul]`, over `CONSUL_HTTP_ADDR` / `CONSUL_HTTP_TOKEN` and the defaults;
