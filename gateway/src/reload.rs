@@ -460,6 +460,68 @@ pub async fn watch_file(reloader: Arc<Reloader>, debounce: Duration) {
     }
 }
 
+/// Follows a Consul KV key with blocking queries: each new value is a config document to
+/// apply, so a fleet of gateways follows one source. Same rules as discovery watches (index
+/// sent back, backwards resets, a token bucket, backoff with jitter, a fresh read after a
+/// failure). An absent or unchanged key applies nothing.
+pub async fn watch_kv(reloader: Arc<Reloader>, consul: discovery::consul::Consul, key: String) {
+    use discovery::consul::{backoff, next_index, TokenBucket};
+    let config = consul.config().clone();
+    let mut bucket = TokenBucket::new(config.max_queries_per_second, config.burst);
+    let mut index = 0u64;
+    let mut failures = 0u32;
+    let mut last: Option<bytes::Bytes> = None;
+    tracing::info!(key = %key, consul = %config.address, "following the config in Consul KV");
+    loop {
+        bucket.take().await;
+        match consul.kv_get(&key, index).await {
+            Ok((value, answered)) => {
+                if failures > 0 {
+                    tracing::info!(key = %key, after_failures = failures, "Consul KV answers again");
+                    failures = 0;
+                }
+                index = next_index(index, answered);
+                if value == last {
+                    continue;
+                }
+                last = value.clone();
+                match value {
+                    Some(v) => match std::str::from_utf8(&v) {
+                        Ok(text) => {
+                            let _ = reloader.apply(text, "consul-kv").await;
+                        }
+                        Err(_) => {
+                            let _ = reloader
+                                .rejected(
+                                    "consul-kv",
+                                    format!("the value of Consul KV key `{key}` is not UTF-8 text"),
+                                )
+                                .await;
+                        }
+                    },
+                    None => {
+                        tracing::info!(key = %key, "Consul KV key is absent; the running config stays")
+                    }
+                }
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                index = 0;
+                let delay = backoff(
+                    config.retry_base,
+                    config.retry_max,
+                    failures,
+                    fastrand::f64(),
+                );
+                if failures == 1 || failures.is_power_of_two() {
+                    tracing::warn!(key = %key, failures, retry_in_ms = delay.as_millis() as u64, error = %e, "Consul KV query failed; the running config stays");
+                }
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
 /// Reloads the config file on every SIGHUP.
 pub async fn on_sighup(reloader: Arc<Reloader>) {
     use tokio::signal::unix::{signal, SignalKind};

@@ -237,6 +237,13 @@ impl BackgroundService for ControlService {
                 self.reloader.clone(),
             )));
         }
+        if let (Some(key), Some(consul)) = (&settings.consul_kv, self.reloader.consul()) {
+            tasks.push(tokio::spawn(crate::reload::watch_kv(
+                self.reloader.clone(),
+                discovery::consul::Consul::new(consul.clone()),
+                key.clone(),
+            )));
+        }
         let _ = shutdown.changed().await;
         for t in tasks {
             t.abort();

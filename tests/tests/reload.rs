@@ -298,3 +298,48 @@ async fn sighup_reloads_the_file_and_rollback_restores_an_earlier_version() {
     let j: serde_json::Value = r.json().await.expect("json");
     assert_eq!(j["kept"], serde_json::json!([3, 2, 1]));
 }
+
+#[tokio::test]
+async fn a_consul_kv_change_reconfigures_the_gateway() {
+    let agent = ConsulAgent::start().await;
+    let a = echo("a").await;
+    let b = echo("b").await;
+    let kv = format!(
+        "[reload]\nconsul_kv = \"edge/gateway.toml\"\n\n[discovery.consul]\naddress = \"{}\"\n\n",
+        agent.address()
+    );
+    let gw = Gateway::start(&format!("{kv}{}", version(&a, &b, "a", 1, 5000))).await;
+    let http = client();
+    assert_eq!(instance(&http, &gw, "/v/x").await, "a");
+    let j = config_status(&http, &gw).await;
+    assert_eq!(j["sources"]["consul_kv"], "edge/gateway.toml");
+
+    let put = |text: String| {
+        let url = format!("http://{}/v1/kv/edge/gateway.toml", agent.address());
+        let http = http.clone();
+        async move {
+            let r = http.put(url).body(text).send().await.expect("kv put");
+            assert!(r.status().is_success());
+        }
+    };
+    put(gw.config_for(&format!("{kv}{}", version(&a, &b, "b", 1, 5000)))).await;
+    wait_generation(&http, &gw, 2).await;
+    let j = config_status(&http, &gw).await;
+    assert_eq!(j["current"]["source"], "consul-kv");
+    assert_eq!(instance(&http, &gw, "/v/x").await, "b");
+
+    // A bad document in KV is rejected like any other; the running one stays.
+    put(gw.config_for(&format!("{kv}{}", version(&a, &b, "missing", 1, 5000)))).await;
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let j = config_status(&http, &gw).await;
+        if j["last_attempt"]["result"] == "rejected" {
+            assert_eq!(j["last_attempt"]["source"], "consul-kv");
+            assert_eq!(j["current"]["generation"], 2);
+            break;
+        }
+        assert!(Instant::now() < end, "KV rejection not seen: {j}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(instance(&http, &gw, "/v/x").await, "b");
+}

@@ -15,6 +15,7 @@ mod register;
 mod watch;
 
 pub use register::{Check, CheckStatus, Registration, Service};
+pub use watch::{backoff, next_index, TokenBucket};
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -226,6 +227,31 @@ impl Consul {
         body: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<Answer, ConsulError> {
+        let answer = self
+            .exchange(method.clone(), path_and_query, body, timeout)
+            .await?;
+        if !answer.status.is_success() {
+            let what = format!(
+                "{method} {}",
+                path_and_query.split('?').next().unwrap_or("")
+            );
+            return Err(ConsulError::Status {
+                status: answer.status.as_u16(),
+                what,
+                body: String::from_utf8_lossy(&answer.body).trim().to_owned(),
+            });
+        }
+        Ok(answer)
+    }
+
+    /// One request, whatever the answer's status.
+    async fn exchange(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<Answer, ConsulError> {
         let what = format!(
             "{method} {}",
             path_and_query.split('?').next().unwrap_or("")
@@ -276,17 +302,49 @@ impl Consul {
             .await
             .map_err(|_| ConsulError::Timeout {
                 address: self.config.address.clone(),
-                what: what.clone(),
+                what,
                 timeout,
             })??;
-        if !answer.status.is_success() {
-            return Err(ConsulError::Status {
-                status: answer.status.as_u16(),
-                what,
-                body: String::from_utf8_lossy(&answer.body).trim().to_owned(),
-            });
-        }
         Ok(answer)
+    }
+
+    /// One (blocking when `index > 0`) read of a KV key's raw value: `None` when the key does
+    /// not exist. Returns the answer's `X-Consul-Index`.
+    pub async fn kv_get(&self, key: &str, index: u64) -> Result<(Option<Bytes>, u64), ConsulError> {
+        let query = {
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            q.append_pair("raw", "true");
+            if let Some(dc) = &self.config.datacenter {
+                q.append_pair("dc", dc);
+            }
+            if index > 0 {
+                q.append_pair("index", &index.to_string());
+                q.append_pair("wait", &format!("{}ms", self.config.wait.as_millis()));
+            }
+            q.finish()
+        };
+        let timeout = if index > 0 {
+            self.config.blocking_timeout()
+        } else {
+            self.config.request_timeout
+        };
+        let path = format!("/v1/kv/{}?{query}", key.trim_matches('/'));
+        let answer = self.exchange(Method::GET, &path, None, timeout).await?;
+        let answered = answer
+            .headers
+            .get("x-consul-index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        match answer.status {
+            s if s.is_success() => Ok((Some(answer.body), answered)),
+            StatusCode::NOT_FOUND => Ok((None, answered)),
+            s => Err(ConsulError::Status {
+                status: s.as_u16(),
+                what: format!("GET /v1/kv/{key}"),
+                body: String::from_utf8_lossy(&answer.body).trim().to_owned(),
+            }),
+        }
     }
 
     /// One (blocking when `index > 0`) query of the passing instances `query` selects.

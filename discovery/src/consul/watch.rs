@@ -44,7 +44,7 @@ pub(super) fn start(consul: Consul, query: Query) -> Watch {
 /// The index to send next, after an answer with `answered` to a query with `sent`: an index
 /// that went backwards restarts at 0 (a fresh, non-blocking read), and 0 becomes 1 so that a
 /// source that reports no index cannot turn the loop into a stream of immediate answers.
-pub(super) fn next_index(sent: u64, answered: u64) -> u64 {
+pub fn next_index(sent: u64, answered: u64) -> u64 {
     if answered < sent {
         0
     } else {
@@ -55,7 +55,7 @@ pub(super) fn next_index(sent: u64, answered: u64) -> u64 {
 /// Retry delay after `failures` failures in a row: `base * 2^(failures-1)` capped at `max`,
 /// with "equal jitter" (between half and all of it) so that many gateways do not retry in
 /// step. `random` is in `[0, 1)`.
-pub(super) fn backoff(base: Duration, max: Duration, failures: u32, random: f64) -> Duration {
+pub fn backoff(base: Duration, max: Duration, failures: u32, random: f64) -> Duration {
     let exp = base.saturating_mul(1u32 << failures.saturating_sub(1).min(20));
     let d = exp.min(max);
     d / 2 + d.mul_f64(random.clamp(0.0, 1.0) / 2.0)
@@ -63,7 +63,7 @@ pub(super) fn backoff(base: Duration, max: Duration, failures: u32, random: f64)
 
 /// A token bucket on tokio's clock (so paused-time tests drive it).
 #[derive(Debug)]
-pub(super) struct TokenBucket {
+pub struct TokenBucket {
     capacity: f64,
     per_second: f64,
     tokens: f64,
@@ -71,7 +71,8 @@ pub(super) struct TokenBucket {
 }
 
 impl TokenBucket {
-    pub(super) fn new(per_second: f64, burst: u32) -> Self {
+    /// A full bucket of `burst` tokens, refilled at `per_second`.
+    pub fn new(per_second: f64, burst: u32) -> Self {
         let capacity = f64::from(burst.max(1));
         Self {
             capacity,
@@ -89,7 +90,7 @@ impl TokenBucket {
     }
 
     /// Waits until a token is available and takes it.
-    pub(super) async fn take(&mut self) {
+    pub async fn take(&mut self) {
         self.refill();
         if self.tokens < 1.0 {
             let wait = (1.0 - self.tokens) / self.per_second;
