@@ -30,6 +30,11 @@ enum Command {
         /// The TOML config file.
         #[arg(short, long)]
         config: PathBuf,
+        /// Take over the listening sockets of the running gateway (zero-downtime binary
+        /// upgrade or listener change): it is sent SIGQUIT when `[server] pid_file` is set,
+        /// hands its sockets over through `[server] upgrade_sock`, drains and exits.
+        #[arg(short, long)]
+        upgrade: bool,
     },
     /// Validate a config file and exit: 0 when valid, 1 with every problem listed otherwise.
     Check {
@@ -78,7 +83,7 @@ pub fn main_with(registry: &FilterRegistry) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config } => {
+        Command::Run { config, upgrade } => {
             let loaded = std::fs::read_to_string(&config)
                 .map_err(|e| crate::config::ConfigError::io(&config, &e).to_string())
                 .and_then(|text| {
@@ -103,7 +108,7 @@ pub fn main_with(registry: &FilterRegistry) -> ExitCode {
                     g.clear();
                 }
             });
-            match crate::server::run(cfg, &config, &text, registry.clone(), Some(flush)) {
+            match crate::server::run(cfg, &config, &text, registry.clone(), upgrade, Some(flush)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("gateway: {e}");

@@ -466,6 +466,12 @@ impl ProxyHttp for GatewayProxy {
     /// Routes the request, fixes its request id and runs the route's request filters (the
     /// global ones when no route matches, then 404).
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if self.state.is_draining() {
+            // Shutting down or handing over to an upgraded process: every answer from now on
+            // says `Connection: close`, so clients reconnect (to the new process) instead of
+            // reusing a connection that is about to be closed.
+            session.set_keepalive(None);
+        }
         ctx.client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -864,6 +870,9 @@ impl ProxyHttp for GatewayProxy {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if self.state.is_draining() {
+            session.set_keepalive(None);
+        }
         if let Some(id) = &ctx.request_id {
             resp.insert_header(X_REQUEST_ID, id.clone())?;
         }

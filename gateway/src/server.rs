@@ -1,8 +1,9 @@
 //! Assembles the pingora server from a validated config (listeners, proxy services, admin,
 //! discovery, drain on SIGTERM) and runs it.
 
-use std::net::TcpListener as StdTcpListener;
-use std::path::Path;
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,11 +11,12 @@ use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
 use pingora::proxy::ProxyServiceBuilder;
+use pingora::server::configuration::Opt;
 use pingora::server::configuration::ServerConf;
-use pingora::server::{RunArgs, Server, ShutdownWatch};
+use pingora::server::{ExecutionPhase, RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 
-use crate::config::{Config, ListenerSpec};
+use crate::config::{Config, ListenerSpec, ServerSettings};
 use crate::proxy::GatewayProxy;
 use crate::reload::Reloader;
 use crate::runtime::{GatewayState, Runtime};
@@ -43,36 +45,46 @@ pub enum StartError {
         /// What went wrong.
         message: String,
     },
+    /// `--upgrade` could not reach the running gateway.
+    #[error("upgrade: {0}")]
+    Upgrade(String),
 }
 
 /// Something to run before the process exits after a drain (flushes the log writer).
 pub type ExitHook = Box<dyn FnOnce() + Send>;
 
-/// Serves `config` until SIGTERM (drain, then exit) or SIGINT (exit now).
+/// Serves `config` until SIGTERM (drain, then exit), SIGQUIT (hand the listening sockets to
+/// an upgraded process, then drain and exit) or SIGINT (exit now).
 ///
 /// `path` and `text` are the config file and its document: later versions are reloaded from
 /// the file (watched, SIGHUP), the admin API or Consul KV, with filters from `registry`.
+/// With `upgrade`, the listening sockets are taken over from the running gateway (pingora's
+/// graceful upgrade through `[server] upgrade_sock`), which is sent SIGQUIT when
+/// `[server] pid_file` names it.
 pub fn run(
     config: Config,
     path: &Path,
     text: &str,
     registry: FilterRegistry,
+    upgrade: bool,
     exit_hook: Option<ExitHook>,
 ) -> Result<(), StartError> {
-    let admin_listener =
-        StdTcpListener::bind(config.admin.address).map_err(|source| StartError::Bind {
-            what: "admin".into(),
-            address: config.admin.address,
-            source,
-        })?;
+    let admin_listener = bind_admin(config.admin.address, upgrade)?;
     // pingora binds the proxy listeners itself (with SO_REUSEADDR); a probe bind here turns a
-    // busy port into a clear error instead of a failure deep inside the server.
+    // busy port into a clear error instead of a failure deep inside the server. During an
+    // upgrade the old process holds the ports it hands over.
     for l in &config.listeners {
-        StdTcpListener::bind(l.address).map_err(|source| StartError::Bind {
-            what: format!("listener `{}`", l.name),
-            address: l.address,
-            source,
-        })?;
+        match StdTcpListener::bind(l.address) {
+            Ok(_) => {}
+            Err(e) if upgrade && e.kind() == ErrorKind::AddrInUse => {}
+            Err(source) => {
+                return Err(StartError::Bind {
+                    what: format!("listener `{}`", l.name),
+                    address: l.address,
+                    source,
+                })
+            }
+        }
     }
 
     let runtime = Runtime::build(&config);
@@ -103,14 +115,22 @@ pub fn run(
         // grace sleep is only the backstop.
         grace_period_seconds: Some(config.server.grace_period.as_secs() + 1),
         graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout.as_secs()),
+        upgrade_sock: config.server.upgrade_sock.to_string_lossy().into_owned(),
+        // Both sides of an upgrade retry once a second: the new process waits this long for
+        // the old one's sockets, the old one this long for the new one to listen.
+        upgrade_sock_connect_accept_max_retries: Some(UPGRADE_WAIT_SECONDS),
         ..ServerConf::default()
     };
     // pingora stops after this many attempts; the proxy decides each retry itself (policy,
     // budget, deadline) and never asks for more than 10 retries plus a fallback cluster.
     conf.max_retries = crate::proxy::MAX_ATTEMPTS;
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
     let conf = server.configuration.clone();
+    let phases = server.watch_execution_phase();
 
     // h2c is a per-service option in pingora, so listeners are grouped by it.
     for h2c in [false, true] {
@@ -151,7 +171,7 @@ pub fn run(
 
     server.add_service(background_service(
         "admin",
-        AdminService::new(admin_listener, state.clone(), reloader.clone()),
+        AdminService::new(admin_listener, state.clone(), reloader.clone(), phases),
     ));
     server.add_service(background_service(
         "control",
@@ -165,27 +185,160 @@ pub fn run(
             state: state.clone(),
             grace: config.server.grace_period,
             exit_hook: Mutex::new(exit_hook),
+            pid_file: config.server.pid_file.clone(),
         },
     ));
     tracing::info!(admin = %config.admin.address, "admin API listening");
+
+    // Everything that can fail has been built: only now is the old process asked to leave.
+    if upgrade {
+        signal_old_process(&config.server)?;
+    }
+    // With `upgrade` this waits for the old process's listening sockets (and exits the process
+    // if they never come); otherwise it returns at once.
+    server.bootstrap();
+    if upgrade {
+        tracing::info!("upgrade: took over the listening sockets of the old process");
+    }
+    if let Some(pid_file) = &config.server.pid_file {
+        if let Err(e) = std::fs::write(pid_file, format!("{}\n", std::process::id())) {
+            tracing::warn!(pid_file = %pid_file.display(), error = %e, "cannot write the pid file");
+        }
+    }
     server.run(RunArgs::default());
+    release_pid_file(config.server.pid_file.as_deref());
     Ok(())
+}
+
+/// Seconds each side of a graceful upgrade waits for the other.
+const UPGRADE_WAIT_SECONDS: usize = 10;
+
+/// Binds the admin listener with `SO_REUSEPORT`, so an upgraded process can bind it while the
+/// old one still holds it (the old one closes its copy as the handover starts).
+fn bind_admin(address: SocketAddr, upgrade: bool) -> Result<StdTcpListener, StartError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let fail = |source| StartError::Bind {
+        what: "admin".into(),
+        address,
+        source,
+    };
+    if !upgrade {
+        // A plain bind fails while any other socket listens there, so a second gateway on
+        // this address is an error rather than a silent sharer of the port.
+        drop(StdTcpListener::bind(address).map_err(fail)?);
+    }
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )
+    .map_err(fail)?;
+    socket.set_reuse_address(true).map_err(fail)?;
+    socket.set_reuse_port(true).map_err(fail)?;
+    socket.bind(&address.into()).map_err(fail)?;
+    socket.listen(1024).map_err(fail)?;
+    Ok(socket.into())
+}
+
+/// Sends SIGQUIT to the gateway named by `[server] pid_file`: it hands its listening sockets
+/// over through `upgrade_sock`, keeps serving for a few seconds, then drains and exits.
+fn signal_old_process(server: &ServerSettings) -> Result<(), StartError> {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let sock = server.upgrade_sock.display();
+    let Some(pid_file) = &server.pid_file else {
+        tracing::info!(
+            upgrade_sock = %sock,
+            wait_s = UPGRADE_WAIT_SECONDS,
+            "upgrade: waiting for the running gateway's listening sockets; send it SIGQUIT now"
+        );
+        return Ok(());
+    };
+    let fail = |what: String| {
+        StartError::Upgrade(format!(
+            "{what}; fix: start without --upgrade when no gateway is running, or send the old \
+             process SIGQUIT yourself (remove pid_file from [server] to do that)"
+        ))
+    };
+    let text = std::fs::read_to_string(pid_file)
+        .map_err(|e| fail(format!("cannot read pid_file {}: {e}", pid_file.display())))?;
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .ok()
+        .filter(|p: &i32| *p > 0 && p.unsigned_abs() != std::process::id())
+        .ok_or_else(|| {
+            fail(format!(
+                "pid_file {} holds {:?}, not the process id of another gateway",
+                pid_file.display(),
+                text.trim()
+            ))
+        })?;
+    kill(Pid::from_raw(pid), Signal::SIGQUIT).map_err(|e| {
+        fail(format!(
+            "cannot signal process {pid} from {}: {e}",
+            pid_file.display()
+        ))
+    })?;
+    tracing::info!(old_pid = pid, upgrade_sock = %sock, "upgrade: asked the running gateway to hand over its listening sockets (SIGQUIT)");
+    Ok(())
+}
+
+/// Removes the pid file at exit unless another process (an upgrade) has taken it over.
+fn release_pid_file(pid_file: Option<&Path>) {
+    let Some(path) = pid_file else { return };
+    let ours =
+        std::fs::read_to_string(path).is_ok_and(|t| t.trim() == std::process::id().to_string());
+    if ours {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 struct AdminService {
     listener: Mutex<Option<StdTcpListener>>,
     state: Arc<GatewayState>,
     reloader: Arc<Reloader>,
+    phases: Mutex<Option<tokio::sync::broadcast::Receiver<ExecutionPhase>>>,
 }
 
 impl AdminService {
-    fn new(listener: StdTcpListener, state: Arc<GatewayState>, reloader: Arc<Reloader>) -> Self {
+    fn new(
+        listener: StdTcpListener,
+        state: Arc<GatewayState>,
+        reloader: Arc<Reloader>,
+        phases: tokio::sync::broadcast::Receiver<ExecutionPhase>,
+    ) -> Self {
         Self {
             listener: Mutex::new(Some(listener)),
             state,
             reloader,
+            phases: Mutex::new(Some(phases)),
         }
     }
+}
+
+/// Resolves when this process starts handing its sockets to an upgraded one (SIGQUIT); from
+/// then on it drains: answers say `Connection: close` and readiness says 503.
+async fn upgrade_started(
+    phases: Option<tokio::sync::broadcast::Receiver<ExecutionPhase>>,
+    state: Arc<GatewayState>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let Some(mut phases) = phases else {
+        return std::future::pending().await;
+    };
+    loop {
+        match phases.recv().await {
+            Ok(ExecutionPhase::GracefulUpgradeTransferringFds) => break,
+            Ok(_) | Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => return std::future::pending().await,
+        }
+    }
+    state.start_draining();
+    tracing::info!(
+        "upgrade: handing the listening sockets to the new process; this one drains and exits, \
+         its admin API closes now"
+    );
 }
 
 #[async_trait]
@@ -200,10 +353,12 @@ impl BackgroundService for AdminService {
             .and_then(|()| tokio::net::TcpListener::from_std(std_listener));
         match listener {
             Ok(listener) => {
+                let phases = self.phases.lock().ok().and_then(|mut p| p.take());
                 if let Err(e) = axum::serve(
                     listener,
                     crate::admin::router(self.state.clone(), self.reloader.clone()),
                 )
+                .with_graceful_shutdown(upgrade_started(phases, self.state.clone()))
                 .await
                 {
                     tracing::error!(error = %e, "admin API stopped");
@@ -258,6 +413,7 @@ struct DrainService {
     state: Arc<GatewayState>,
     grace: Duration,
     exit_hook: Mutex<Option<ExitHook>>,
+    pid_file: Option<PathBuf>,
 }
 
 #[async_trait]
@@ -284,6 +440,7 @@ impl BackgroundService for DrainService {
                 "grace period over with requests still in flight"
             );
         }
+        release_pid_file(self.pid_file.as_deref());
         if let Some(hook) = self.exit_hook.lock().ok().and_then(|mut h| h.take()) {
             hook();
         }

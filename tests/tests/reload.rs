@@ -64,6 +64,56 @@ async fn wait_generation(http: &reqwest::Client, gw: &Gateway, generation: u64) 
     }
 }
 
+/// Continuous closed-loop load: `workers` clients with keep-alive connections, each sending
+/// GET `/v/load/N` back to back until stopped.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    workers: Vec<tokio::task::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    fn start(gw: &Gateway, workers: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let workers = (0..workers)
+            .map(|worker| {
+                let (stop, ok) = (stop.clone(), ok.clone());
+                let url = gw.url(&format!("/v/load/{worker}"));
+                let http = client();
+                tokio::spawn(async move {
+                    let mut errors = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        match http.get(&url).send().await {
+                            Ok(r) if r.status() == 200 => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(r) => errors.push(format!("status {}", r.status())),
+                            Err(e) => errors.push(format!("{e:?}")),
+                        }
+                    }
+                    errors
+                })
+            })
+            .collect();
+        Self { stop, ok, workers }
+    }
+
+    fn ok(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Stops the workers; returns the successful count and every failure.
+    async fn stop(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut errors = Vec::new();
+        for w in self.workers {
+            errors.extend(w.await.expect("load task"));
+        }
+        (self.ok.load(Ordering::Relaxed), errors)
+    }
+}
+
 #[tokio::test]
 async fn twenty_reloads_under_load_fail_no_request_and_take_effect_at_once() {
     let a = echo("a").await;
@@ -71,34 +121,7 @@ async fn twenty_reloads_under_load_fail_no_request_and_take_effect_at_once() {
     let gw = Gateway::start(&version(&a, &b, "a", 1, 5000)).await;
     let http = client();
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let mut load = Vec::new();
-    for worker in 0..4 {
-        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-        let url = gw.url(&format!("/v/load/{worker}"));
-        let http = client();
-        load.push(tokio::spawn(async move {
-            let mut errors = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                match http.get(&url).send().await {
-                    Ok(r) if r.status() == 200 => {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(r) => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                        errors.push(format!("status {}", r.status()));
-                    }
-                    Err(e) => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                        errors.push(e.to_string());
-                    }
-                }
-            }
-            errors
-        }));
-    }
+    let load = Load::start(&gw, 4);
 
     for i in 1..=20u32 {
         let to = if i % 2 == 1 { "b" } else { "a" };
@@ -116,13 +139,11 @@ async fn twenty_reloads_under_load_fail_no_request_and_take_effect_at_once() {
         // The new route serves from the next request on.
         assert_eq!(instance(&http, &gw, "/v/check").await, to, "version {i}");
     }
-    stop.store(true, Ordering::Relaxed);
-    let mut errors = Vec::new();
-    for l in load {
-        errors.extend(l.await.expect("load task"));
-    }
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    assert_eq!(failed, 0, "failed requests across reloads: {errors:?}");
+    let (ok, errors) = load.stop().await;
+    assert!(
+        errors.is_empty(),
+        "failed requests across reloads: {errors:?}"
+    );
     assert!(ok > 100, "only {ok} requests ran during the reloads");
     let j = config_status(&http, &gw).await;
     assert_eq!(j["current"]["generation"], 21);
@@ -342,4 +363,105 @@ async fn a_consul_kv_change_reconfigures_the_gateway() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(instance(&http, &gw, "/v/x").await, "b");
+}
+
+#[tokio::test]
+async fn a_binary_upgrade_takes_over_the_listeners_without_failing_a_request() {
+    let a = echo("a").await;
+    let b = echo("b").await;
+    let mut gw = Gateway::start(&version(&a, &b, "a", 1, 5000)).await;
+    let http = client();
+    let old_pid = gw.pid();
+    assert_eq!(
+        std::fs::read_to_string(gw.dir().join("gateway.pid"))
+            .expect("pid file")
+            .trim(),
+        old_pid.to_string()
+    );
+
+    let load = Load::start(&gw, 4);
+    wait_until("load to run", Duration::from_secs(5), || load.ok() > 50).await;
+    // The new process gets a listener the old one never had (a restart-only change) and a
+    // route change; it takes over the existing listener and admin port.
+    let second = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let document = format!(
+        "{}\n[[listeners]]\nname = \"second\"\naddress = \"{second}\"\n",
+        gw.config_for(&version(&a, &b, "b", 1, 5000))
+    );
+    let before = load.ok();
+    let old = gw.upgrade(&document).await;
+    assert!(old.success(), "the old process exits cleanly: {old}");
+    assert_ne!(gw.pid(), old_pid);
+    // Traffic kept flowing through the handover, then on the new process.
+    let during = load.ok() - before;
+    let after_upgrade = load.ok();
+    wait_until("load on the new process", Duration::from_secs(5), || {
+        load.ok() > after_upgrade + 50
+    })
+    .await;
+    let (ok, errors) = load.stop().await;
+    assert!(
+        errors.is_empty(),
+        "failed requests across the upgrade: {errors:?}"
+    );
+    assert!(
+        during > 100,
+        "only {during} requests ran during the upgrade"
+    );
+    assert!(ok > during);
+
+    assert_eq!(instance(&http, &gw, "/v/check").await, "b");
+    let r = http
+        .get(format!("http://{second}/v/x"))
+        .send()
+        .await
+        .expect("the new listener serves");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        std::fs::read_to_string(gw.dir().join("gateway.pid"))
+            .expect("pid file")
+            .trim(),
+        gw.pid().to_string(),
+        "the pid file names the new process"
+    );
+    // The admin API is the new process's: a fresh version history from startup.
+    let j = config_status(&http, &gw).await;
+    assert_eq!(j["current"]["source"], "startup", "{j}");
+    assert_eq!(j["current"]["generation"], 1, "{j}");
+    let log = gw.log();
+    assert!(
+        log.contains("upgrade: took over the listening sockets"),
+        "{log}"
+    );
+    assert!(
+        log.contains("drained: all in-flight requests finished"),
+        "{log}"
+    );
+}
+
+#[test]
+fn upgrade_without_a_running_gateway_is_a_clear_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("gateway.toml");
+    let http = free_port();
+    let admin = free_port();
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\npid_file = \"gateway.pid\"\nupgrade_sock = \"upgrade.sock\"\n\
+             [admin]\naddress = \"127.0.0.1:{admin}\"\n\
+             [[listeners]]\nname = \"public\"\naddress = \"127.0.0.1:{http}\"\n\
+             [clusters.a]\nendpoints = [\"127.0.0.1:9\"]\n\
+             [[routes]]\nname = \"all\"\ncluster = \"a\"\n"
+        ),
+    )
+    .expect("write config");
+    let path = path.to_string_lossy().into_owned();
+    let (code, _, stderr) = run_gateway_cli(&["run", "--upgrade", "--config", &path]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("upgrade: cannot read pid_file")
+            && stderr.contains("fix: start without --upgrade"),
+        "{stderr}"
+    );
 }

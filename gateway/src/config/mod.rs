@@ -90,6 +90,11 @@ pub struct ServerSettings {
     pub upstream_keepalive_pool_size: usize,
     /// The pseudonym this gateway adds to `Via`.
     pub via: String,
+    /// The Unix socket through which a new process started with `--upgrade` takes over the
+    /// listening sockets of this one (pingora's graceful upgrade).
+    pub upgrade_sock: PathBuf,
+    /// Where the process id is written at start (an upgrade signals the process found there).
+    pub pid_file: Option<PathBuf>,
 }
 
 /// The admin listener (`[admin]`).

@@ -379,3 +379,28 @@ fn consul_mistakes_are_reported() {
     let e = err(&format!("{BASE}\n[clusters.none]\n"));
     assert!(e.contains("or consul = { service"), "{e}");
 }
+
+#[test]
+fn upgrade_socket_and_pid_file_are_paths_from_the_config_directory() {
+    let cfg = Config::parse(
+        &format!("[server]\nupgrade_sock = \"run/up.sock\"\npid_file = \"/run/gw.pid\"\n{BASE}"),
+        Path::new("/etc/gateway/gw.toml"),
+    )
+    .expect("valid");
+    assert_eq!(
+        cfg.server.upgrade_sock,
+        Path::new("/etc/gateway/run/up.sock")
+    );
+    assert_eq!(
+        cfg.server.pid_file.as_deref(),
+        Some(Path::new("/run/gw.pid"))
+    );
+    let default = parse(BASE).expect("valid");
+    assert_eq!(
+        default.server.upgrade_sock,
+        Path::new("/tmp/gateway-upgrade.sock")
+    );
+    assert!(default.server.pid_file.is_none());
+    let e = err(&format!("[server]\npid_file = \"\"\n{BASE}"));
+    assert!(e.contains("pid_file = \"\" is not a file path"), "{e}");
+}

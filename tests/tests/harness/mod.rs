@@ -121,7 +121,12 @@ impl Gateway {
         let config = Self::document(http, admin, body);
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, config).expect("write config");
-        let log = std::fs::File::create(dir.path().join("gateway.log")).expect("log file");
+        // Appending, so an upgraded process can share the file (see `Gateway::upgrade`).
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("gateway.log"))
+            .expect("log file");
         let child = Command::new(bin)
             .args(["run", "--config"])
             .arg(&path)
@@ -142,7 +147,8 @@ impl Gateway {
     /// The whole config document the harness writes for `body`.
     fn document(http: SocketAddr, admin: SocketAddr, body: &str) -> String {
         format!(
-            "[server]\nthreads = 1\ngrace_period_seconds = 10\ngraceful_shutdown_timeout_seconds = 1\n\n\
+            "[server]\nthreads = 1\ngrace_period_seconds = 10\ngraceful_shutdown_timeout_seconds = 1\n\
+             upgrade_sock = \"upgrade.sock\"\npid_file = \"gateway.pid\"\n\n\
              [admin]\naddress = \"{admin}\"\n\n[[listeners]]\nname = \"public\"\naddress = \"{http}\"\n\n{body}"
         )
     }
@@ -248,6 +254,32 @@ impl Gateway {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Zero-downtime binary upgrade: writes `document` as the config and starts a second
+    /// gateway process on it with `--upgrade`, which signals this one (through the pid file)
+    /// and takes over its listening sockets. Returns the old process's exit status once it
+    /// has drained and exited and the new one is ready; this handle then follows the new one.
+    pub async fn upgrade(&mut self, document: &str) -> ExitStatus {
+        let path = self.dir.path().join("gateway.toml");
+        let tmp = self.dir.path().join(".gateway.toml.new");
+        std::fs::write(&tmp, document).expect("write config");
+        std::fs::rename(&tmp, &path).expect("replace config");
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("gateway.log"))
+            .expect("log file");
+        let new = Command::new(gateway_bin())
+            .args(["run", "--upgrade", "--config"])
+            .arg(&path)
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn the upgraded gateway");
+        let mut old = Process(self.child.replace(new));
+        let status = old.wait(Duration::from_secs(30)).await;
+        self.wait_ready().await;
+        status
     }
 
     /// Whether the process is still running.
@@ -589,6 +621,12 @@ impl Process {
             .map(|s| s.success())
             .unwrap_or(false);
         assert!(ok, "could not signal the process");
+        self.wait(deadline).await
+    }
+
+    /// Waits (at most `deadline`) for the process to exit by itself.
+    pub async fn wait(&mut self, deadline: Duration) -> ExitStatus {
+        let child = self.0.as_mut().expect("running");
         let end = Instant::now() + deadline;
         loop {
             if let Some(status) = child.try_wait().ok().flatten() {

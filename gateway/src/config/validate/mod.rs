@@ -30,7 +30,7 @@ pub(super) fn validate(
     let base_dir = source_name.parent().unwrap_or_else(|| Path::new("."));
     let mut issues = Issues::new(text);
 
-    let server = server_settings(&raw, &mut issues);
+    let server = server_settings(&raw, base_dir, &mut issues);
     let admin = AdminSettings {
         address: match &raw.admin {
             Some(a) => socket_addr(&a.address, "admin address", &mut issues),
@@ -259,7 +259,7 @@ pub(super) fn ms(
     Duration::from_millis(n.unsigned_abs())
 }
 
-fn server_settings(raw: &RawConfig, issues: &mut Issues<'_>) -> ServerSettings {
+fn server_settings(raw: &RawConfig, base_dir: &Path, issues: &mut Issues<'_>) -> ServerSettings {
     let s = &raw.server;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as i64;
     let via = match &s.via {
@@ -315,7 +315,34 @@ fn server_settings(raw: &RawConfig, issues: &mut Issues<'_>) -> ServerSettings {
         )
         .unsigned_abs() as usize,
         via,
+        upgrade_sock: server_path(&s.upgrade_sock, "upgrade_sock", base_dir, issues)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_UPGRADE_SOCK)),
+        pid_file: server_path(&s.pid_file, "pid_file", base_dir, issues),
     }
+}
+
+/// Where `gateway run --upgrade` meets the running process when `[server] upgrade_sock` is
+/// not set.
+pub(crate) const DEFAULT_UPGRADE_SOCK: &str = "/tmp/gateway-upgrade.sock";
+
+/// A `[server]` file path, relative to the config file's directory.
+fn server_path(
+    v: &Option<Spanned<String>>,
+    key: &str,
+    base_dir: &Path,
+    issues: &mut Issues<'_>,
+) -> Option<PathBuf> {
+    let v = v.as_ref()?;
+    let path = Path::new(v.get_ref());
+    if v.get_ref().trim().is_empty() || v.get_ref().ends_with('/') {
+        issues.at(
+            v.span(),
+            format!("{key} = {:?} is not a file path", v.get_ref()),
+            "give a file path such as \"/run/gateway/gateway.sock\"",
+        );
+        return None;
+    }
+    Some(base_dir.join(path))
 }
 
 fn access_log(raw: &RawConfig, issues: &mut Issues<'_>) -> AccessLogSettings {
