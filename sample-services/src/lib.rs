@@ -1,10 +1,18 @@
 //! Sample services that the gateway fronts.
 //!
 //! - [`echo`]: an HTTP/1.1 + h2c service that answers with what it received (httpbin-style),
-//!   with per-request delay and status controls; the demo stack's upstream and the integration
-//!   tests' upstream.
-//! - Play, Steering and Catalog (the playback flow) arrive with the playback-stack issue.
+//!   with per-request delay and status controls; the integration tests' upstream.
+//! - The playback flow: [`catalog`] (HTTP/JSON: titles, licences, plans), [`steering`] (gRPC:
+//!   ranked CDN servers, live health reports) and [`play`] (HTTP/JSON: `POST /play` turns an
+//!   identity and a title into a manifest, calling the other two through the `resilience`
+//!   tower layers).
+//! - [`service`]: what the three share (flags, fault injection, health, Consul registration,
+//!   graceful shutdown).
 
 #![forbid(unsafe_code)]
 
+pub mod catalog;
 pub mod echo;
+pub mod play;
+pub mod service;
+pub mod steering;
