@@ -47,6 +47,7 @@ impl FilterConfigError {
 pub struct FilterSettings {
     table: toml::Table,
     base_dir: PathBuf,
+    dev_mode: bool,
 }
 
 impl FilterSettings {
@@ -55,7 +56,20 @@ impl FilterSettings {
         Self {
             table,
             base_dir: base_dir.into(),
+            dev_mode: false,
         }
+    }
+
+    /// The same settings, built on a developer machine (`gateway --dev`) or not.
+    pub fn with_dev_mode(mut self, dev_mode: bool) -> Self {
+        self.dev_mode = dev_mode;
+        self
+    }
+
+    /// Whether the gateway runs in dev mode (`gateway --dev`): filters may then accept what
+    /// must never be trusted in production, such as the published development keys.
+    pub fn dev_mode(&self) -> bool {
+        self.dev_mode
     }
 
     /// Settings parsed from TOML text (for tests and programmatic use).
@@ -117,6 +131,7 @@ pub struct DuplicateFilter(pub String);
 #[derive(Clone, Default)]
 pub struct FilterRegistry {
     factories: BTreeMap<String, Arc<dyn FilterFactory>>,
+    dev_mode: bool,
 }
 
 impl fmt::Debug for FilterRegistry {
@@ -179,7 +194,19 @@ impl FilterRegistry {
                 ),
             )
         })?;
-        Ok(NamedFilter::new(key.as_str(), factory.build(settings)?))
+        let settings = settings.clone().with_dev_mode(self.dev_mode);
+        Ok(NamedFilter::new(key.as_str(), factory.build(&settings)?))
+    }
+
+    /// Dev mode (`gateway --dev`): the filters this registry builds see
+    /// [`FilterSettings::dev_mode`].
+    pub fn set_dev_mode(&mut self, dev_mode: bool) {
+        self.dev_mode = dev_mode;
+    }
+
+    /// Whether dev mode is on.
+    pub fn dev_mode(&self) -> bool {
+        self.dev_mode
     }
 }
 

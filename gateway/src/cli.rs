@@ -21,6 +21,10 @@ use crate::config::{Config, LogFormat};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Developer machine only: accept the published development keys in config/dev-keys
+    /// (anyone can sign tokens with them). Never in production.
+    #[arg(long, global = true, env = "GATEWAY_DEV", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false)]
+    dev: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -52,6 +56,14 @@ pub fn main() -> ExitCode {
 /// Runs the CLI with the process arguments; config files may name the filters in `registry`.
 pub fn main_with(registry: &FilterRegistry) -> ExitCode {
     let cli = Cli::parse();
+    let mut registry = registry.clone();
+    registry.set_dev_mode(cli.dev);
+    let registry = &registry;
+    if cli.dev {
+        eprintln!(
+            "gateway: dev mode: the development keys in config/dev-keys are accepted; never use --dev in production"
+        );
+    }
     match cli.command {
         Command::Check { config } => match Config::load_with(&config, registry) {
             Ok(c) => {

@@ -101,3 +101,23 @@ fn run_refuses_a_bad_config_and_a_busy_port() {
         "{err}"
     );
 }
+
+#[test]
+fn the_published_development_keys_need_the_dev_flag() {
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/demo.toml");
+    let out = std::process::Command::new(gateway_bin())
+        .env_remove("GATEWAY_DEV")
+        .args(["run", "--config", demo])
+        .output()
+        .expect("run gateway");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("key dev-rs256 is a development key published in config/dev-keys")
+            && err.contains("--dev"),
+        "{err}"
+    );
+    let (code, _, err) = run_gateway_cli(&["check", "--dev", "--config", demo]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("dev mode"), "{err}");
+}

@@ -128,6 +128,8 @@ impl Gateway {
             .open(dir.path().join("gateway.log"))
             .expect("log file");
         let child = Command::new(bin)
+            // The test configs use the published development keys.
+            .env("GATEWAY_DEV", "1")
             .args(["run", "--config"])
             .arg(&path)
             .stdout(log.try_clone().expect("log fd"))
@@ -270,6 +272,7 @@ impl Gateway {
             .open(self.dir.path().join("gateway.log"))
             .expect("log file");
         let new = Command::new(gateway_bin())
+            .env("GATEWAY_DEV", "1")
             .args(["run", "--upgrade", "--config"])
             .arg(&path)
             .stdout(log.try_clone().expect("log fd"))
@@ -302,6 +305,7 @@ impl Drop for Gateway {
 /// Runs `gateway ARGS...` to completion and returns (exit code, stdout, stderr).
 pub fn run_gateway_cli(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(gateway_bin())
+        .env("GATEWAY_DEV", "1")
         .args(args)
         .output()
         .expect("run gateway");

@@ -100,6 +100,29 @@ pub(super) fn parse_algorithm(key: &str, s: &str) -> Result<Algorithm, FilterCon
 }
 
 /// Builds the statically configured keys.
+/// The public keys in `config/dev-keys` (their private halves are in the repository).
+const DEV_KEYS: [&str; 4] = [
+    include_str!("../../../../config/dev-keys/rs256.pub.pem"),
+    include_str!("../../../../config/dev-keys/rs256-b.pub.pem"),
+    include_str!("../../../../config/dev-keys/es256.pub.pem"),
+    include_str!("../../../../config/dev-keys/ed25519.pub.pem"),
+];
+
+/// The base64 body of a PEM document, without armour lines or whitespace.
+fn pem_body(pem: &[u8]) -> String {
+    String::from_utf8_lossy(pem)
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .flat_map(|l| l.chars().filter(|c| !c.is_whitespace()))
+        .collect()
+}
+
+/// Whether `pem` is one of the published development keys (wherever the file was copied).
+pub(super) fn is_dev_key(pem: &[u8]) -> bool {
+    let body = pem_body(pem);
+    !body.is_empty() && DEV_KEYS.iter().any(|k| pem_body(k.as_bytes()) == body)
+}
+
 pub(super) fn static_keys(
     list: &[KeySettings],
     settings: &FilterSettings,
@@ -129,6 +152,17 @@ pub(super) fn static_keys(
                 }
                 (None, None) => None,
             };
+            if let Some(pem) = &pem {
+                if !settings.dev_mode() && is_dev_key(pem) {
+                    return Err(FilterConfigError::at_key(
+                        "keys",
+                        format!(
+                            "key {name} is a development key published in config/dev-keys: anyone can sign tokens it accepts"
+                        ),
+                        "use your own key pair; on a developer machine only, run the gateway with --dev (or GATEWAY_DEV=1)",
+                    ));
+                }
+            }
             let bad = |e: jsonwebtoken::errors::Error| {
                 FilterConfigError::at_key(
                     "keys",

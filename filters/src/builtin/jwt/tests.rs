@@ -30,7 +30,8 @@ fn settings(extra: &str) -> FilterSettings {
         "#
     );
     let table: toml::Table = text.parse().expect("toml");
-    FilterSettings::new(table, KEYS)
+    // The test keys are the published development keys.
+    FilterSettings::new(table, KEYS).with_dev_mode(true)
 }
 
 fn filter(extra: &str) -> JwtFilter {
@@ -321,7 +322,8 @@ fn settings_errors_are_specific() {
     let bad = |extra: &str, key: Option<&str>, needle: &str| {
         let text = format!("{extra}\n");
         let table: toml::Table = text.parse().expect("toml");
-        let e = JwtFilter::from_settings(&FilterSettings::new(table, KEYS)).expect_err(extra);
+        let e = JwtFilter::from_settings(&FilterSettings::new(table, KEYS).with_dev_mode(true))
+            .expect_err(extra);
         assert_eq!(e.key.as_deref(), key, "{extra}: {e}");
         assert!(e.message.contains(needle), "{extra}: {e}");
     };
@@ -362,4 +364,30 @@ fn settings_errors_are_specific() {
         Some("keys"),
         "does not allow",
     );
+}
+
+#[test]
+fn development_keys_are_refused_outside_dev_mode() {
+    let text = r#"keys = [{ kid = "k", algorithm = "RS256", pem_file = "rs256.pub.pem" }]"#;
+    let table: toml::Table = text.parse().expect("toml");
+    let e = JwtFilter::from_settings(&FilterSettings::new(table.clone(), KEYS))
+        .expect_err("a published key outside dev mode");
+    assert!(e.message.contains("development key"), "{e:?}");
+    assert!(e.fix.contains("--dev"), "{e:?}");
+    JwtFilter::from_settings(&FilterSettings::new(table, KEYS).with_dev_mode(true))
+        .expect("accepted in dev mode");
+    // The same key inline, with other line endings, is still recognised.
+    let pem = std::fs::read_to_string(format!("{KEYS}/rs256.pub.pem")).expect("key");
+    let mut table = toml::Table::new();
+    let mut key = toml::Table::new();
+    key.insert("kid".into(), "k".into());
+    key.insert("algorithm".into(), "RS256".into());
+    key.insert("pem".into(), pem.replace('\n', "\r\n").into());
+    table.insert("keys".into(), toml::Value::Array(vec![key.into()]));
+    assert!(JwtFilter::from_settings(&FilterSettings::new(table, KEYS)).is_err());
+    // A key that is not published is fine.
+    let other =
+        r#"keys = [{ kid = "k", algorithm = "RS256", pem_file = "attacker-rs256.pub.pem" }]"#;
+    let table: toml::Table = other.parse().expect("toml");
+    JwtFilter::from_settings(&FilterSettings::new(table, KEYS)).expect("not a dev key");
 }
