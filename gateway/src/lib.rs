@@ -13,6 +13,7 @@ pub mod config;
 pub mod errors;
 pub mod fallback;
 mod filtering;
+mod grpc;
 pub mod proxy;
 pub mod reload;
 pub mod router;

@@ -385,6 +385,11 @@ async fn send_reply(
     if !chain.is_empty() {
         chain.on_response(&mut head, &mut ctx.filters).await;
     }
+    let mut body = body;
+    if crate::grpc::is_grpc(&session.req_header().headers) && !crate::grpc::is_grpc(&head.headers) {
+        crate::grpc::into_grpc(&mut head.status, &mut head.headers, &body);
+        body = Bytes::new();
+    }
     let header = ResponseHeader::from(head);
     let empty = body.is_empty();
     session

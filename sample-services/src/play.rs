@@ -314,6 +314,8 @@ fn why(service: &str, e: &BoxError) -> String {
         format!("{service} bulkhead full")
     } else if e.downcast_ref::<Elapsed>().is_some() {
         format!("{service} timed out")
+    } else if let Some(s) = e.downcast_ref::<tonic::Status>() {
+        format!("{service} unavailable: {:?}: {}", s.code(), s.message())
     } else {
         format!("{service} unavailable: {e}")
     }
