@@ -174,14 +174,7 @@ impl Catalog {
     }
 }
 
-type ApiError = (StatusCode, Json<serde_json::Value>);
-
-fn error(status: StatusCode, code: &str, message: String) -> ApiError {
-    (
-        status,
-        Json(serde_json::json!({"error": code, "message": message})),
-    )
-}
+use crate::service::{error, ApiError};
 
 #[derive(Debug, Deserialize)]
 struct SearchQuery {
@@ -256,7 +249,7 @@ async fn playability(
         return Err(error(
             StatusCode::BAD_REQUEST,
             "missing_caller",
-            "give country and plan, e.g. ?country=JP&plan=basic".into(),
+            "give country and plan, e.g. ?country=JP&plan=basic",
         ));
     };
     c.playability(&id, &country, &plan)

@@ -298,14 +298,7 @@ struct Steered {
     degraded: Option<String>,
 }
 
-type ApiError = (StatusCode, Json<serde_json::Value>);
-
-fn error(status: StatusCode, code: &str, message: impl Into<String>) -> ApiError {
-    (
-        status,
-        Json(serde_json::json!({"error": code, "message": message.into()})),
-    )
-}
+use crate::service::{error, ApiError};
 
 fn why(service: &str, e: &BoxError) -> String {
     if e.downcast_ref::<ShortCircuited>().is_some() {

@@ -15,6 +15,17 @@ use axum::{Json, Router};
 use discovery::consul::{Consul, ConsulConfig, Registration, Service};
 use serde::{Deserialize, Serialize};
 
+/// An error answer: status and `{"error": CODE, "message": ...}`.
+pub type ApiError = (StatusCode, Json<serde_json::Value>);
+
+/// Builds an [`ApiError`].
+pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> ApiError {
+    (
+        status,
+        Json(serde_json::json!({"error": code, "message": message.into()})),
+    )
+}
+
 /// Flags every playback service takes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CommonArgs {
