@@ -76,6 +76,14 @@ impl FilterChain {
         self.filters.iter().map(|f| &*f.name).collect()
     }
 
+    /// The filter that answered the request itself, after [`FilterChain::on_request`] (or
+    /// [`FilterChain::on_request_body`]) returned `Flow::Respond`.
+    pub fn responder(&self, ctx: &FilterContext) -> Option<&str> {
+        ctx.answered
+            .and_then(|i| self.filters.get(i))
+            .map(|f| &*f.name)
+    }
+
     /// Whether any filter inspects request bodies.
     pub fn inspects_body(&self) -> bool {
         !self.body_filters.is_empty()
@@ -88,7 +96,10 @@ impl FilterChain {
         for f in &self.filters {
             match f.filter.on_request(req, ctx).await {
                 Flow::Continue => ctx.ran += 1,
-                respond @ Flow::Respond(_) => return respond,
+                respond @ Flow::Respond(_) => {
+                    ctx.answered = Some(ctx.ran);
+                    return respond;
+                }
             }
         }
         Flow::Continue
@@ -110,6 +121,7 @@ impl FilterChain {
                 if let respond @ Flow::Respond(_) =
                     f.filter.on_request_body(chunk, end_of_stream, ctx)
                 {
+                    ctx.answered = Some(i);
                     return respond;
                 }
             }

@@ -50,6 +50,8 @@ pub struct FilterContext {
     values: http::Extensions,
     /// How many request filters ran (their response filters run on the response).
     pub(crate) ran: usize,
+    /// Index of the filter that answered the request itself.
+    pub(crate) answered: Option<usize>,
 }
 
 impl FilterContext {

@@ -81,14 +81,30 @@ pub struct AccessRecord<'a> {
     pub endpoint: Option<SocketAddr>,
     /// Status sent to the client (0 when none could be sent).
     pub status: u16,
+    /// The `grpc-status` of a gRPC response whose status came in the headers (a gateway
+    /// answer to a gRPC request, or an upstream's trailers-only error).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<u32>,
+    /// Response body bytes sent to the client.
+    pub bytes_sent: u64,
+    /// Request body bytes read from the client.
+    pub bytes_received: u64,
     /// Time from request start to the end of the response, in milliseconds.
     pub duration_ms: f64,
+    /// The last upstream attempt's time from its start to the response headers (or its
+    /// failure), in milliseconds; absent when no attempt was made.
+    pub upstream_ms: Option<f64>,
+    /// Upstream attempts made (retries and the fallback cluster included).
+    pub attempts: u32,
     /// The request id.
     pub request_id: &'a str,
+    /// The W3C trace id, `-` when the request carries no trace.
+    pub trace_id: &'a str,
     /// Client address.
     pub client: Option<IpAddr>,
-    /// The gateway's reason code when it answered itself, `-` otherwise.
-    pub error: &'a str,
+    /// Why the gateway answered itself (`filter:NAME`, `fallback:KIND`, or an error code such
+    /// as `circuit_open`), `-` when the upstream's response was relayed.
+    pub reason: &'a str,
 }
 
 #[derive(Serialize)]
@@ -122,7 +138,7 @@ pub fn write(record: &AccessRecord<'_>) {
             let r = record;
             write!(
                 buf,
-                "{ts} access method={} path={} host={} route={} cluster={} endpoint={} status={} duration_ms={:.3} request_id={} client={} error={}",
+                "{ts} access method={} path={} host={} route={} cluster={} endpoint={} status={} grpc_status={} bytes_sent={} bytes_received={} duration_ms={:.3} upstream_ms={} attempts={} request_id={} trace_id={} client={} reason={}",
                 r.method,
                 r.path,
                 r.host,
@@ -130,10 +146,16 @@ pub fn write(record: &AccessRecord<'_>) {
                 r.cluster,
                 r.endpoint.map_or_else(|| "-".to_owned(), |a| a.to_string()),
                 r.status,
+                r.grpc_status.map_or_else(|| "-".to_owned(), |s| s.to_string()),
+                r.bytes_sent,
+                r.bytes_received,
                 r.duration_ms,
+                r.upstream_ms.map_or_else(|| "-".to_owned(), |u| format!("{u:.3}")),
+                r.attempts,
                 r.request_id,
+                r.trace_id,
                 r.client.map_or_else(|| "-".to_owned(), |a| a.to_string()),
-                r.error
+                r.reason
             )
             .is_ok()
         }

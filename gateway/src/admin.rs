@@ -13,6 +13,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde_json::json;
 
+use crate::hystrix::HystrixStream;
 use crate::reload::{Outcome, Reloader};
 use crate::runtime::GatewayState;
 
@@ -24,8 +25,59 @@ pub fn router(state: Arc<GatewayState>, reloader: Arc<Reloader>) -> Router {
         .route("/config/versions", get(config_versions))
         .route("/config/versions/{generation}", get(config_version_text))
         .route("/config/rollback/{generation}", post(config_rollback))
-        .with_state(reloader)
+        .with_state(reloader.clone())
+        .merge(observability_router(state.clone(), reloader))
         .merge(state_router(state))
+}
+
+type Both = (Arc<GatewayState>, Arc<Reloader>);
+
+fn observability_router(state: Arc<GatewayState>, reloader: Arc<Reloader>) -> Router {
+    let stream = Arc::new(HystrixStream::new(state.clone()));
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state((state, reloader))
+        .merge(
+            Router::new()
+                .route("/hystrix.stream", get(hystrix_stream))
+                .with_state(stream),
+        )
+}
+
+/// `GET /hystrix.stream`: server-sent events in Hystrix's format, every 500 ms.
+async fn hystrix_stream(State(stream): State<Arc<HystrixStream>>) -> Response {
+    let Some(sub) = stream.subscribe() else {
+        let body = json!({
+            "error": "too_many_subscribers",
+            "reason": format!("at most {} streams are served at once", stream.max_subscribers()),
+        });
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    };
+    let headers = [
+        (
+            axum::http::header::CONTENT_TYPE,
+            "text/event-stream;charset=UTF-8",
+        ),
+        (
+            axum::http::header::CACHE_CONTROL,
+            "no-cache, no-store, max-age=0, must-revalidate",
+        ),
+        (axum::http::header::PRAGMA, "no-cache"),
+    ];
+    (headers, axum::body::Body::from_stream(sub.into_body())).into_response()
+}
+
+/// `GET /metrics`: Prometheus text exposition.
+async fn metrics(State((state, reloader)): State<Both>) -> Response {
+    let text = crate::metrics::metrics().render(&state, Some(&reloader));
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 fn state_router(state: Arc<GatewayState>) -> Router {
@@ -153,7 +205,7 @@ async fn breaker_action(
 async fn not_found() -> Response {
     let body = json!({
         "error": "not_found",
-        "endpoints": ["/healthz", "/readyz", "/routes", "/clusters", "/breakers", "/breakers/{cluster}", "POST /breakers/{cluster}/force_open|force_closed|reset", "/config", "POST /config", "POST /config/reload", "/config/versions", "/config/versions/{generation}", "POST /config/rollback/{generation}"],
+        "endpoints": ["/metrics", "/hystrix.stream", "/healthz", "/readyz", "/routes", "/clusters", "/breakers", "/breakers/{cluster}", "POST /breakers/{cluster}/force_open|force_closed|reset", "/config", "POST /config", "POST /config/reload", "/config/versions", "/config/versions/{generation}", "POST /config/rollback/{generation}"],
     });
     (StatusCode::NOT_FOUND, Json(body)).into_response()
 }

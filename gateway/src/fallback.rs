@@ -308,7 +308,7 @@ pub fn local_answer(
     last_good: Option<(&LastGood, &str)>,
     failure: Failure,
     now: Instant,
-) -> Option<filters::Response> {
+) -> Option<(&'static str, filters::Response)> {
     if !spec.on.covers(failure) {
         return None;
     }
@@ -318,7 +318,7 @@ pub fn local_answer(
     };
     let (mut parts, body) = resp.into_parts();
     mark(&mut parts, kind, failure);
-    Some(http::Response::from_parts(parts, body))
+    Some((kind, http::Response::from_parts(parts, body)))
 }
 
 #[cfg(test)]
@@ -436,14 +436,18 @@ mod tests {
         };
         let lg = LastGood::new(settings());
         let now = Instant::now();
-        let r = local_answer(&spec, Some((&lg, "h/x")), Failure::CircuitOpen, now).expect("static");
+        let (kind, r) =
+            local_answer(&spec, Some((&lg, "h/x")), Failure::CircuitOpen, now).expect("static");
+        assert_eq!(kind, "static");
         assert_eq!(r.body().as_ref(), b"default");
         assert_eq!(r.headers()[X_FALLBACK], "static; reason=circuit_open");
         let c = lg
             .capture("h/x".into(), StatusCode::OK, &HeaderMap::new())
             .expect("capture");
         lg.store(c, now);
-        let r = local_answer(&spec, Some((&lg, "h/x")), Failure::Status(503), now).expect("kept");
+        let (kind, r) =
+            local_answer(&spec, Some((&lg, "h/x")), Failure::Status(503), now).expect("kept");
+        assert_eq!(kind, "last_good");
         assert_eq!(r.headers()[X_FALLBACK], "last_good; reason=status_503");
         assert!(local_answer(&spec, Some((&lg, "h/x")), Failure::BulkheadFull, now).is_none());
     }

@@ -3,6 +3,7 @@
 //! service teams build their own binary the same way with extra filters (see [`GatewayBuilder`]).
 
 #![forbid(unsafe_code)]
+#![recursion_limit = "256"]
 
 pub mod access_log;
 pub mod admin;
@@ -14,6 +15,8 @@ pub mod errors;
 pub mod fallback;
 mod filtering;
 mod grpc;
+pub mod hystrix;
+pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod router;

@@ -22,6 +22,7 @@ use crate::cluster::{Cluster, Picked};
 use crate::config::{HashKey, RetryPolicy};
 use crate::errors::GatewayError;
 use crate::fallback::{self, Capture, Failure, LastGood};
+use crate::metrics::{RequestEvents, RouteInFlight};
 use crate::router::{request_host, RequestView};
 use crate::runtime::{GatewayState, InFlightGuard, Route, Runtime};
 
@@ -65,6 +66,10 @@ pub struct RequestCtx {
     filter_reply: Option<filters::Response>,
     /// The upstream exchange: attempts, breaker permit, bulkhead slot, retries, fallback.
     call: Call,
+    /// The filter that answered the request itself.
+    answered_by: Option<Box<str>>,
+    /// Holds the request in its route's in-flight gauge.
+    _route_flight: Option<RouteInFlight>,
     _in_flight: InFlightGuard,
 }
 
@@ -98,6 +103,11 @@ struct Call {
     in_proxy_loop: bool,
     /// The response being recorded for `last_good` fallbacks.
     capture: Option<Capture>,
+    /// The local fallback (`static`, `last_good`) that answered (true) or was wanted and
+    /// could not (false).
+    local_fallback: Option<(&'static str, bool)>,
+    /// The last attempt's time from its start to the response headers or its failure.
+    upstream_time: Option<Duration>,
 }
 
 impl RequestCtx {
@@ -212,6 +222,7 @@ async fn admit(
             Ok(s) => call.slot = Some(s),
             Err(_) => {
                 drop(permit);
+                cluster.metrics().bulkhead_rejections.inc();
                 if let Some(b) = cluster.breaker() {
                     b.record(Event::Rejected, Instant::now());
                 }
@@ -278,14 +289,18 @@ fn switch_to_fallback_cluster(route: &Route, call: &mut Call, failure: Failure) 
 fn attempt_failed(ctx: &mut RequestCtx, outcome: Outcome, failure: Failure, now: Instant) {
     let call = &mut ctx.call;
     call.failure = Some(failure);
+    let latency = call
+        .attempt_started
+        .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
+    call.upstream_time = Some(latency);
     if let Some(p) = call.permit.take() {
-        let latency = call
-            .attempt_started
-            .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
         p.record(outcome, latency, now);
     }
-    if let (Some(cluster), Some(picked)) = (&call.target, &ctx.picked) {
-        cluster.endpoint_failed(picked, now);
+    if let Some(cluster) = &call.target {
+        cluster.metrics().attempt(outcome, latency);
+        if let Some(picked) = &ctx.picked {
+            cluster.endpoint_failed(picked, now);
+        }
     }
 }
 
@@ -327,9 +342,13 @@ fn retry_decision(
         Failure::CircuitOpen | Failure::BulkheadFull | Failure::NoEndpoints => false,
     };
     let safe = !sent || idempotent || policy.non_idempotent;
-    if wanted && safe && call.retries < policy.retries && cluster.budget().try_withdraw(now) {
-        call.retries += 1;
-        return true;
+    if wanted && safe && call.retries < policy.retries {
+        if cluster.budget().try_withdraw(now) {
+            call.retries += 1;
+            route.metrics.retried();
+            return true;
+        }
+        cluster.metrics().budget_exhausted.inc();
     }
     (!sent || idempotent) && switch_to_fallback_cluster(route, call, failure)
 }
@@ -425,6 +444,13 @@ impl GatewayProxy {
             _ => None,
         };
         let answer = fallback::local_answer(spec, last_good, failure, now);
+        if spec.on.covers(failure) {
+            ctx.call.local_fallback = Some(match &answer {
+                Some((kind, _)) => (*kind, true),
+                None if route.last_good.is_some() => ("last_good", false),
+                None => ("static", false),
+            });
+        }
         if let Some(b) = route.cluster.breaker() {
             if spec.on.covers(failure) {
                 let event = if answer.is_some() {
@@ -435,7 +461,7 @@ impl GatewayProxy {
                 b.record(event, now);
             }
         }
-        let answer = answer?;
+        let (_, answer) = answer?;
         let status = answer.status().as_u16();
         if !reusable {
             session.set_keepalive(None);
@@ -464,6 +490,8 @@ impl ProxyHttp for GatewayProxy {
             filters: FilterContext::default(),
             filter_reply: None,
             call: Call::default(),
+            answered_by: None,
+            _route_flight: None,
             _in_flight: self.state.track(),
         }
     }
@@ -496,6 +524,7 @@ impl ProxyHttp for GatewayProxy {
             headers: &req.headers,
         };
         ctx.route = ctx.runtime.find_route(&view);
+        ctx._route_flight = ctx.route().map(|r| r.metrics.start());
         if need_insert {
             session
                 .req_header_mut()
@@ -513,6 +542,7 @@ impl ProxyHttp for GatewayProxy {
             if let Flow::Respond(resp) =
                 crate::filtering::run_request(chain, session, &mut ctx.filters).await
             {
+                ctx.answered_by = chain.responder(&ctx.filters).map(Into::into);
                 send_reply(session, ctx, resp).await?;
                 return Ok(true);
             }
@@ -541,6 +571,7 @@ impl ProxyHttp for GatewayProxy {
         if let Flow::Respond(resp) =
             chain.on_request_body(body.as_ref(), end_of_stream, &mut ctx.filters)
         {
+            ctx.answered_by = chain.responder(&ctx.filters).map(Into::into);
             let status = resp.status().as_u16();
             ctx.filter_reply = Some(resp);
             return Err(Error::explain(
@@ -786,16 +817,18 @@ impl ProxyHttp for GatewayProxy {
             .breaker
             .as_ref()
             .map_or(status >= 500, |b| b.failure_statuses.contains(status));
+        let latency = ctx
+            .call
+            .attempt_started
+            .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
+        ctx.call.upstream_time = Some(latency);
+        let outcome = if failed {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        };
+        cluster.metrics().attempt(outcome, latency);
         if let Some(p) = ctx.call.permit.take() {
-            let latency = ctx
-                .call
-                .attempt_started
-                .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
-            let outcome = if failed {
-                Outcome::Failure
-            } else {
-                Outcome::Success
-            };
             p.record(outcome, latency, now);
         }
         if let Some(p) = &ctx.picked {
@@ -953,34 +986,122 @@ impl ProxyHttp for GatewayProxy {
         }
     }
 
-    /// Writes the access log line.
+    /// Records the request's outcome (metrics, the Hystrix window) and writes its access log
+    /// line.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        if !ctx.runtime.access_log.enabled {
-            return;
-        }
-        let req = session.req_header();
         let status = session.response_written().map_or_else(
             || ctx.error.map_or(0, GatewayError::status),
             |r| r.status.as_u16(),
         );
+        let elapsed = ctx.started.elapsed();
         let route = ctx.route();
+        let events = request_events(ctx);
+        if let Some(r) = route {
+            r.metrics.finish(status, elapsed, events);
+            let fallback = ctx.call.local_fallback.or_else(|| {
+                ctx.call
+                    .on_fallback_cluster
+                    .map(|_| ("cluster", events.fallback == Some(Event::FallbackSuccess)))
+            });
+            if let Some((kind, ok)) = fallback {
+                crate::metrics::metrics().fallback(&r.name, kind, ok);
+            }
+        } else {
+            crate::metrics::metrics().unrouted(status);
+        }
+        if let Some(filter) = &ctx.answered_by {
+            crate::metrics::metrics().filter_rejection(
+                route.map_or("-", |r| &r.name),
+                filter,
+                status,
+            );
+        }
+        if !ctx.runtime.access_log.enabled {
+            return;
+        }
+        let req = session.req_header();
+        let reason: Cow<'_, str> = match (&ctx.answered_by, ctx.call.local_fallback, ctx.error) {
+            (Some(filter), _, _) => Cow::Owned(format!("filter:{filter}")),
+            (None, Some((kind, true)), _) => Cow::Owned(format!("fallback:{kind}")),
+            (None, _, Some(e)) => Cow::Borrowed(e.code()),
+            _ => Cow::Borrowed("-"),
+        };
+        let grpc_status = session
+            .response_written()
+            .filter(|r| crate::grpc::is_grpc(&r.headers))
+            .and_then(|r| r.headers.get("grpc-status"))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
         crate::access_log::write(&crate::access_log::AccessRecord {
             method: req.method.as_str(),
             path: req.uri.path(),
             host: request_host(&req.uri, &req.headers),
             route: route.map_or("-", |r| &*r.name),
-            cluster: route.map_or("-", |r| r.cluster.name()),
+            cluster: ctx
+                .call
+                .target
+                .as_ref()
+                .map_or_else(|| route.map_or("-", |r| r.cluster.name()), |c| c.name()),
             endpoint: ctx.picked.as_ref().map(|p| p.endpoint().address),
             status,
-            duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+            grpc_status,
+            bytes_sent: session.as_ref().body_bytes_sent() as u64,
+            bytes_received: session.as_ref().body_bytes_read() as u64,
+            duration_ms: elapsed.as_secs_f64() * 1000.0,
+            upstream_ms: ctx.call.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
+            attempts: ctx.call.attempts,
             request_id: ctx
                 .request_id
                 .as_ref()
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("-"),
+            trace_id: "-",
             client: ctx.client_ip,
-            error: ctx.error.map_or("-", GatewayError::code),
+            reason: &reason,
         });
+    }
+}
+
+/// The request's events for the route's rolling window, as Hystrix counts them: the
+/// execution (success, failure, timeout, short-circuited, rejected) and the fallback.
+/// Requests a filter answered, and clients that went away, executed nothing.
+fn request_events(ctx: &RequestCtx) -> RequestEvents {
+    if ctx.answered_by.is_some() || ctx.route.is_none() {
+        return RequestEvents::default();
+    }
+    let call = &ctx.call;
+    let event_of = |f: Failure| match f {
+        Failure::CircuitOpen => Event::ShortCircuited,
+        Failure::BulkheadFull => Event::Rejected,
+        Failure::Timeout => Event::Timeout,
+        Failure::ConnectFailure | Failure::Reset | Failure::Status(_) | Failure::NoEndpoints => {
+            Event::Failure
+        }
+    };
+    let first = call.on_fallback_cluster.or(call.failure);
+    let execution = match (first, ctx.error) {
+        (Some(f), _) => Some(event_of(f)),
+        (None, _) if call.answered => Some(Event::Success),
+        (None, Some(e)) => Failure::of(e)
+            .map(event_of)
+            .or((e == GatewayError::Internal).then_some(Event::Failure)),
+        (None, None) => None,
+    };
+    let fallback = match call.local_fallback {
+        Some((_, true)) => Some(Event::FallbackSuccess),
+        Some((_, false)) => Some(Event::FallbackFailure),
+        None if call.on_fallback_cluster.is_some() => {
+            Some(if call.answered && call.failure.is_none() {
+                Event::FallbackSuccess
+            } else {
+                Event::FallbackFailure
+            })
+        }
+        None => None,
+    };
+    RequestEvents {
+        execution,
+        fallback,
     }
 }
 

@@ -66,6 +66,11 @@ pub enum Outcome {
     Rejected(String),
 }
 
+/// The metrics label of a reload source: `rollback to N` is counted as `rollback`.
+fn source_label(source: &str) -> &str {
+    source.split(' ').next().unwrap_or("-")
+}
+
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -298,6 +303,7 @@ impl Reloader {
             clusters_kept = kept,
             "config reload: applied"
         );
+        crate::metrics::metrics().config_reload("applied", source_label(source));
         let mut history = self.lock_history();
         history.versions.push_front(version.clone());
         history
@@ -330,6 +336,7 @@ impl Reloader {
     async fn rejected(&self, source: &str, error: String) -> Outcome {
         let generation = self.current().generation;
         tracing::warn!(source, generation, %error, "config reload rejected; the running version keeps serving");
+        crate::metrics::metrics().config_reload("rejected", source_label(source));
         let mut history = self.lock_history();
         history.rejected_total += 1;
         history.last_attempt = Some(Attempt {
@@ -369,6 +376,7 @@ impl Reloader {
     }
 
     fn record(&self, attempt: Attempt) {
+        crate::metrics::metrics().config_reload(attempt.result, source_label(&attempt.source));
         self.lock_history().last_attempt = Some(attempt);
     }
 

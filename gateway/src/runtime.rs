@@ -18,7 +18,9 @@ use tokio::sync::Notify;
 use crate::cluster::Cluster;
 use crate::config::{AccessLogSettings, Config, EndpointSource, RoutePolicy};
 use crate::fallback::LastGood;
+use crate::metrics::RouteMetrics;
 use crate::router::{PathMatch, RequestView, Rewrite, RouteMatch};
+use resilience::BreakerConfig;
 
 /// A route bound to its cluster and its filter chain.
 #[derive(Debug)]
@@ -39,6 +41,8 @@ pub struct Route {
     pub fallback_cluster: Option<Arc<Cluster>>,
     /// The last good responses, when the fallback keeps them.
     pub last_good: Option<Arc<LastGood>>,
+    /// The route's Prometheus series and rolling window (kept while name and cluster stay).
+    pub metrics: Arc<RouteMetrics>,
 }
 
 /// Everything a request needs, for one config version.
@@ -127,7 +131,18 @@ impl Runtime {
                     .filter(|lg| lg.settings() == settings)
                     .unwrap_or_else(|| Arc::new(LastGood::new(settings)))
             });
+            let metrics = previous
+                .and_then(|p| p.routes.iter().find(|o| *o.name == *r.name))
+                .map(|o| o.metrics.clone())
+                .filter(|m| m.cluster() == cluster.name())
+                .unwrap_or_else(|| {
+                    let window = cluster
+                        .breaker()
+                        .map_or_else(BreakerConfig::default, |b| *b.config());
+                    Arc::new(crate::metrics::metrics().route(&r.name, cluster.name(), window))
+                });
             routes.push(Route {
+                metrics,
                 name: r.name.as_str().into(),
                 matcher: r.matcher.clone(),
                 rewrite: r.rewrite.clone(),

@@ -166,12 +166,22 @@ pub struct Latency {
     pub count: u64,
     /// Mean.
     pub mean_us: f64,
+    /// Fastest.
+    pub min_us: u64,
+    /// 25th percentile.
+    pub p25_us: u64,
     /// Median.
     pub p50_us: u64,
+    /// 75th percentile.
+    pub p75_us: u64,
     /// 90th percentile.
     pub p90_us: u64,
+    /// 95th percentile.
+    pub p95_us: u64,
     /// 99th percentile.
     pub p99_us: u64,
+    /// 99.5th percentile.
+    pub p995_us: u64,
     /// 99.9th percentile.
     pub p999_us: u64,
     /// Slowest.
@@ -268,9 +278,14 @@ impl RollingMetrics {
         Latency {
             count: all.len(),
             mean_us: all.mean(),
+            min_us: all.min(),
+            p25_us: all.value_at_quantile(0.25),
             p50_us: all.value_at_quantile(0.5),
+            p75_us: all.value_at_quantile(0.75),
             p90_us: all.value_at_quantile(0.9),
+            p95_us: all.value_at_quantile(0.95),
             p99_us: all.value_at_quantile(0.99),
+            p995_us: all.value_at_quantile(0.995),
             p999_us: all.value_at_quantile(0.999),
             max_us: all.max(),
         }

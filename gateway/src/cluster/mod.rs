@@ -16,6 +16,7 @@ use resilience::{Bulkhead, CircuitBreaker, RetryBudget, Transition};
 use serde::Serialize;
 
 use crate::config::{ClusterSpec, EndpointSource, LoadBalancing, UpstreamProtocol};
+use crate::metrics::ClusterMetrics;
 use balance::Balancer;
 
 /// Live state of one endpoint: its current description and peer, and counters that survive
@@ -151,9 +152,11 @@ pub struct Cluster {
     breaker: Option<Arc<CircuitBreaker>>,
     bulkhead: Bulkhead,
     budget: RetryBudget,
+    metrics: ClusterMetrics,
 }
 
-fn log_transition(t: &Transition) {
+fn on_transition(t: &Transition) {
+    crate::metrics::metrics().breaker_transition(&t.breaker, t.from, t.to);
     if t.to.is_open() {
         tracing::warn!(cluster = %t.breaker, from = %t.from, to = %t.to, reason = %t.reason, "circuit breaker state changed");
     } else {
@@ -172,12 +175,12 @@ impl Cluster {
         let policy = &spec.policy;
         let breaker = policy.breaker.as_ref().map(|b| {
             Arc::new(
-                CircuitBreaker::new(spec.name.as_str(), b.config, now)
-                    .with_listener(log_transition),
+                CircuitBreaker::new(spec.name.as_str(), b.config, now).with_listener(on_transition),
             )
         });
         let bulkhead = Bulkhead::new(policy.bulkhead.config);
         let budget = RetryBudget::new(policy.budget, now);
+        let spec_name = spec.name.clone();
         Self {
             spec,
             table: ArcSwap::from_pointee(table),
@@ -186,7 +189,20 @@ impl Cluster {
             breaker,
             bulkhead,
             budget,
+            metrics: crate::metrics::metrics().cluster(&spec_name),
         }
+    }
+
+    /// The cluster's Prometheus series.
+    pub fn metrics(&self) -> &ClusterMetrics {
+        &self.metrics
+    }
+
+    /// Endpoints serving and ejected by outlier detection at `now`.
+    pub fn endpoint_counts(&self, now: Instant) -> (usize, usize) {
+        let table = self.table.load();
+        let ejected = table.endpoints.iter().filter(|e| e.is_ejected(now)).count();
+        (table.endpoints.len() - ejected, ejected)
     }
 
     /// The cluster's circuit breaker (`None` when disabled).

@@ -1,0 +1,526 @@
+//! Prometheus metrics (text exposition on the admin port's `/metrics`) and the rolling
+//! per-route windows the Hystrix stream reads. Both are fed from one place per request
+//! ([`RouteMetrics::finish`]), so the two views always agree.
+//!
+//! The hot path touches only pre-resolved handles: each route and cluster looks its labelled
+//! series up once, when a config version is built, and a request then costs a few atomic
+//! increments, one histogram observation and one uncontended lock for the rolling window.
+//! Values that describe state rather than events (breaker state, bulkhead in use, endpoints,
+//! discovery staleness, config generation) are read when `/metrics` is scraped.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use resilience::{BreakerConfig, Event, RollingMetrics, State};
+
+use crate::reload::Reloader;
+use crate::runtime::GatewayState;
+
+/// Buckets of the request and upstream latency histograms, in seconds.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
+/// Status classes, indexed by `status / 100` (0: nothing could be sent).
+const CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Every breaker state, for the one-hot state gauge.
+const STATES: [State; 5] = [
+    State::Closed,
+    State::Open,
+    State::HalfOpen,
+    State::ForcedOpen,
+    State::ForcedClosed,
+];
+
+/// The process's metric families.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    in_flight: IntGaugeVec,
+    retries: IntCounterVec,
+    fallbacks: IntCounterVec,
+    filter_rejections: IntCounterVec,
+    attempts: IntCounterVec,
+    upstream_duration: HistogramVec,
+    bulkhead_rejections: IntCounterVec,
+    budget_exhausted: IntCounterVec,
+    breaker_transitions: IntCounterVec,
+    config_reloads: IntCounterVec,
+    // Read at scrape time.
+    breaker_state: IntGaugeVec,
+    breaker_error_percent: IntGaugeVec,
+    bulkhead_in_use: IntGaugeVec,
+    bulkhead_max: IntGaugeVec,
+    budget_available: GaugeVec,
+    endpoints: IntGaugeVec,
+    discovery_up: IntGaugeVec,
+    discovery_staleness: GaugeVec,
+    discovery_errors: IntGaugeVec,
+    config_generation: IntGauge,
+    config_loaded: Gauge,
+    process_in_flight: IntGauge,
+    draining: IntGauge,
+    /// One scrape at a time sets the state gauges.
+    scrape: Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Registers a collector; names are constants, so failure is a programming error caught by the
+/// unit tests, and the metric still works unregistered.
+fn registered<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
+    if let Err(e) = registry.register(Box::new(c.clone())) {
+        tracing::error!(error = %e, "metric not registered");
+    }
+    c
+}
+
+macro_rules! family {
+    ($registry:expr, $kind:ident, $name:expr, $help:expr, $labels:expr) => {
+        registered(
+            $registry,
+            // invariant: constant, valid names and label names (checked by the unit tests).
+            $kind::new(Opts::new($name, $help), $labels).expect("valid metric"),
+        )
+    };
+}
+
+fn histogram_family(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+    // invariant: constant, valid name, labels and buckets.
+    registered(
+        registry,
+        HistogramVec::new(opts, labels).expect("valid metric"),
+    )
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let r = Registry::new();
+        let reg = &r;
+        let m = Self {
+            requests: family!(reg, IntCounterVec, "gateway_requests_total", "Requests answered, by route, the route's cluster and status class (gateway answers included).", &["route", "cluster", "class"]),
+            duration: histogram_family(reg, "gateway_request_duration_seconds", "Time from the request's arrival to the end of its response.", &["route", "cluster"]),
+            in_flight: family!(reg, IntGaugeVec, "gateway_requests_in_flight", "Requests being served now, by route.", &["route", "cluster"]),
+            retries: family!(reg, IntCounterVec, "gateway_retries_total", "Retry attempts made (each one allowed by the policy and the retry budget).", &["route", "cluster"]),
+            fallbacks: family!(reg, IntCounterVec, "gateway_fallbacks_total", "Fallbacks by kind (static, last_good, cluster) and result (success, failure: wanted but could not answer).", &["route", "kind", "result"]),
+            filter_rejections: family!(reg, IntCounterVec, "gateway_filter_rejections_total", "Requests a filter answered itself (jwt 401, rate_limit 429, ...), by filter and status.", &["route", "filter", "status"]),
+            attempts: family!(reg, IntCounterVec, "gateway_upstream_attempts_total", "Upstream attempts by outcome (success, failure, timeout).", &["cluster", "outcome"]),
+            upstream_duration: histogram_family(reg, "gateway_upstream_duration_seconds", "Time from an attempt's start to the upstream's response headers (or its failure).", &["cluster"]),
+            bulkhead_rejections: family!(reg, IntCounterVec, "gateway_bulkhead_rejections_total", "Requests the cluster's bulkhead refused (full, or the queue wait ran out).", &["cluster"]),
+            budget_exhausted: family!(reg, IntCounterVec, "gateway_retry_budget_exhausted_total", "Retries the policy wanted but the cluster's retry budget refused.", &["cluster"]),
+            breaker_transitions: family!(reg, IntCounterVec, "gateway_circuit_breaker_transitions_total", "Circuit breaker state changes.", &["cluster", "from", "to"]),
+            config_reloads: family!(reg, IntCounterVec, "gateway_config_reloads_total", "Config reload attempts by result (applied, unchanged, rejected) and source.", &["result", "source"]),
+            breaker_state: family!(reg, IntGaugeVec, "gateway_circuit_breaker_state", "1 for the breaker's current state, 0 for the others.", &["cluster", "state"]),
+            breaker_error_percent: family!(reg, IntGaugeVec, "gateway_circuit_breaker_error_percent", "Error percentage in the breaker's rolling window.", &["cluster"]),
+            bulkhead_in_use: family!(reg, IntGaugeVec, "gateway_bulkhead_in_use", "Bulkhead slots taken.", &["cluster"]),
+            bulkhead_max: family!(reg, IntGaugeVec, "gateway_bulkhead_max_concurrent", "Bulkhead size.", &["cluster"]),
+            budget_available: family!(reg, GaugeVec, "gateway_retry_budget_available", "Retries the cluster's budget would allow now.", &["cluster"]),
+            endpoints: family!(reg, IntGaugeVec, "gateway_cluster_endpoints", "Endpoints by state (serving, ejected by outlier detection).", &["cluster", "state"]),
+            discovery_up: family!(reg, IntGaugeVec, "gateway_discovery_up", "1 when the cluster's discovery source answered its last query.", &["cluster", "source"]),
+            discovery_staleness: family!(reg, GaugeVec, "gateway_discovery_staleness_seconds", "Seconds since the discovery source last confirmed the cluster's endpoints.", &["cluster", "source"]),
+            discovery_errors: family!(reg, IntGaugeVec, "gateway_discovery_consecutive_errors", "Failed discovery queries in a row.", &["cluster", "source"]),
+            config_generation: registered(reg, IntGauge::new("gateway_config_generation", "Generation of the config version serving now.").expect("valid metric")),
+            config_loaded: registered(reg, Gauge::new("gateway_config_loaded_timestamp_seconds", "When the serving config version was loaded (Unix time).").expect("valid metric")),
+            process_in_flight: registered(reg, IntGauge::new("gateway_in_flight", "Requests being served now, all routes.").expect("valid metric")),
+            draining: registered(reg, IntGauge::new("gateway_draining", "1 while the process drains (shutdown or binary upgrade).").expect("valid metric")),
+            scrape: Mutex::new(()),
+            registry: r,
+        };
+        let info = family!(
+            &m.registry,
+            IntGaugeVec,
+            "gateway_build_info",
+            "The gateway's version.",
+            &["version"]
+        );
+        info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        m
+    }
+
+    /// The series of one route (looked up once per config version).
+    pub fn route(&self, route: &str, cluster: &str, window: BreakerConfig) -> RouteMetrics {
+        let labels = [route, cluster];
+        RouteMetrics {
+            route: route.into(),
+            cluster: cluster.into(),
+            by_class: CLASSES.map(|c| self.requests.with_label_values(&[route, cluster, c])),
+            duration: self.duration.with_label_values(&labels),
+            in_flight: self.in_flight.with_label_values(&labels),
+            retries: self.retries.with_label_values(&labels),
+            peak: AtomicI64::new(0),
+            rolling: Mutex::new(RollingMetrics::new(
+                window.window,
+                window.buckets,
+                Instant::now(),
+            )),
+            window: window.window,
+        }
+    }
+
+    /// The series of one cluster.
+    pub fn cluster(&self, cluster: &str) -> ClusterMetrics {
+        let outcome = |o| self.attempts.with_label_values(&[cluster, o]);
+        ClusterMetrics {
+            success: outcome("success"),
+            failure: outcome("failure"),
+            timeout: outcome("timeout"),
+            upstream_duration: self.upstream_duration.with_label_values(&[cluster]),
+            bulkhead_rejections: self.bulkhead_rejections.with_label_values(&[cluster]),
+            budget_exhausted: self.budget_exhausted.with_label_values(&[cluster]),
+        }
+    }
+
+    /// Counts a breaker's state change.
+    pub fn breaker_transition(&self, cluster: &str, from: State, to: State) {
+        self.breaker_transitions
+            .with_label_values(&[cluster, from.name(), to.name()])
+            .inc();
+    }
+
+    /// Counts a request no route matched.
+    pub fn unrouted(&self, status: u16) {
+        let class = CLASSES
+            .get(usize::from(status / 100))
+            .copied()
+            .unwrap_or("none");
+        self.requests.with_label_values(&["-", "-", class]).inc();
+    }
+
+    /// Counts a request a filter answered itself.
+    pub fn filter_rejection(&self, route: &str, filter: &str, status: u16) {
+        self.filter_rejections
+            .with_label_values(&[route, filter, itoa_status(status).as_str()])
+            .inc();
+    }
+
+    /// Counts a fallback.
+    pub fn fallback(&self, route: &str, kind: &str, success: bool) {
+        let result = if success { "success" } else { "failure" };
+        self.fallbacks
+            .with_label_values(&[route, kind, result])
+            .inc();
+    }
+
+    /// Counts a reload attempt.
+    pub fn config_reload(&self, result: &str, source: &str) {
+        self.config_reloads
+            .with_label_values(&[result, source])
+            .inc();
+    }
+
+    /// The text exposition, with the state gauges read from `state` and `reloader` now.
+    pub fn render(&self, state: &GatewayState, reloader: Option<&Reloader>) -> String {
+        let _one = lock(&self.scrape);
+        self.read_state(state, reloader);
+        let mut out = Vec::with_capacity(64 * 1024);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "could not encode metrics");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    fn read_state(&self, state: &GatewayState, reloader: Option<&Reloader>) {
+        let runtime = state.runtime();
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        for family in [
+            &self.breaker_state,
+            &self.breaker_error_percent,
+            &self.bulkhead_in_use,
+            &self.bulkhead_max,
+            &self.endpoints,
+            &self.discovery_up,
+            &self.discovery_errors,
+        ] {
+            family.reset();
+        }
+        self.budget_available.reset();
+        self.discovery_staleness.reset();
+        for c in &runtime.clusters {
+            let name = c.name();
+            if let Some(b) = c.breaker() {
+                let snap = b.snapshot(now);
+                for s in STATES {
+                    self.breaker_state
+                        .with_label_values(&[name, s.name()])
+                        .set(i64::from(snap.state == s));
+                }
+                self.breaker_error_percent
+                    .with_label_values(&[name])
+                    .set(i64::from(snap.window.error_percent()));
+            }
+            let bulkhead = c.bulkhead().snapshot();
+            self.bulkhead_in_use
+                .with_label_values(&[name])
+                .set(bulkhead.in_use as i64);
+            self.bulkhead_max
+                .with_label_values(&[name])
+                .set(bulkhead.config.max_concurrent as i64);
+            let budget = c.budget().snapshot(now);
+            self.budget_available
+                .with_label_values(&[name])
+                .set(budget.allowed.saturating_sub(budget.retries) as f64);
+            let (serving, ejected) = c.endpoint_counts(now);
+            self.endpoints
+                .with_label_values(&[name, "serving"])
+                .set(serving as i64);
+            self.endpoints
+                .with_label_values(&[name, "ejected"])
+                .set(ejected as i64);
+            if let Some(h) = c.discovery_health() {
+                let labels = [name, h.source];
+                self.discovery_up.with_label_values(&labels).set(i64::from(
+                    h.failing_since.is_none() && h.last_success.is_some(),
+                ));
+                self.discovery_errors
+                    .with_label_values(&labels)
+                    .set(i64::from(h.consecutive_errors));
+                if let Some(at) = h.last_success {
+                    let age = wall.duration_since(at).unwrap_or_default();
+                    self.discovery_staleness
+                        .with_label_values(&labels)
+                        .set(age.as_secs_f64());
+                }
+            }
+        }
+        if let Some(r) = reloader {
+            let v = r.current();
+            self.config_generation.set(v.generation as i64);
+            self.config_loaded
+                .set(Duration::from_millis(v.loaded_at_unix_ms).as_secs_f64());
+        }
+        self.process_in_flight.set(state.in_flight() as i64);
+        self.draining.set(i64::from(state.is_draining()));
+    }
+}
+
+/// A status code as text without allocating per call.
+fn itoa_status(status: u16) -> StatusText {
+    let mut s = StatusText([b'0'; 3]);
+    let mut n = status.min(999);
+    for i in (0..3).rev() {
+        if let Some(d) = s.0.get_mut(i) {
+            *d = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+    }
+    s
+}
+
+struct StatusText([u8; 3]);
+
+impl StatusText {
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or("000")
+    }
+}
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// One route's series and its rolling window (Hystrix's per-command metrics). Kept across
+/// config versions while the route keeps its name and cluster.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    route: Arc<str>,
+    cluster: Arc<str>,
+    by_class: [IntCounter; 6],
+    duration: Histogram,
+    in_flight: IntGauge,
+    retries: IntCounter,
+    /// Highest in-flight count since the stream sampler last read it.
+    peak: AtomicI64,
+    rolling: Mutex<RollingMetrics>,
+    window: Duration,
+}
+
+/// What happened to one request, for the rolling window (Hystrix's event types).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestEvents {
+    /// The execution's result; `None` when no upstream call was wanted (a filter answered,
+    /// the client went away).
+    pub execution: Option<Event>,
+    /// `FallbackSuccess` or `FallbackFailure` when a fallback was wanted.
+    pub fallback: Option<Event>,
+}
+
+impl RouteMetrics {
+    /// The route's name.
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+
+    /// The route's cluster.
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    /// Counts the request in flight until the guard drops.
+    pub fn start(self: &Arc<Self>) -> RouteInFlight {
+        self.in_flight.inc();
+        let now = self.in_flight.get();
+        self.peak.fetch_max(now, Ordering::Relaxed);
+        RouteInFlight(self.clone())
+    }
+
+    /// Records the end of a request: status class, latency, and its events in the window.
+    pub fn finish(&self, status: u16, elapsed: Duration, events: RequestEvents) {
+        if let Some(c) = self.by_class.get(usize::from(status / 100)) {
+            c.inc();
+        }
+        self.duration.observe(elapsed.as_secs_f64());
+        if events.execution.is_none() && events.fallback.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        let mut w = lock(&self.rolling);
+        if let Some(e) = events.execution {
+            w.record_with_latency(e, elapsed, now);
+        }
+        if let Some(f) = events.fallback {
+            w.record(f, now);
+        }
+    }
+
+    /// Counts a retry.
+    pub fn retried(&self) {
+        self.retries.inc();
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.get()
+    }
+
+    /// The highest in-flight count since the last call (the sampler's reading).
+    pub fn take_peak(&self) -> i64 {
+        self.peak.swap(self.in_flight.get(), Ordering::Relaxed)
+    }
+
+    /// The window's counts and latency at `now`.
+    pub fn window(&self, now: Instant) -> (resilience::Counts, resilience::Latency) {
+        let w = lock(&self.rolling);
+        (w.counts(now), w.latency(now))
+    }
+
+    /// The window's length.
+    pub fn window_len(&self) -> Duration {
+        self.window
+    }
+}
+
+/// Holds a request in its route's in-flight gauge.
+#[derive(Debug)]
+pub struct RouteInFlight(Arc<RouteMetrics>);
+
+impl Drop for RouteInFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
+    }
+}
+
+/// One cluster's series.
+#[derive(Debug, Clone)]
+pub struct ClusterMetrics {
+    success: IntCounter,
+    failure: IntCounter,
+    timeout: IntCounter,
+    upstream_duration: Histogram,
+    /// Bulkhead refusals.
+    pub bulkhead_rejections: IntCounter,
+    /// Retries the budget refused.
+    pub budget_exhausted: IntCounter,
+}
+
+impl ClusterMetrics {
+    /// Records one upstream attempt.
+    pub fn attempt(&self, outcome: resilience::Outcome, latency: Duration) {
+        match outcome {
+            resilience::Outcome::Success => self.success.inc(),
+            resilience::Outcome::Failure => self.failure.inc(),
+            resilience::Outcome::Timeout => self.timeout.inc(),
+            resilience::Outcome::Ignored => return,
+        }
+        self.upstream_duration.observe(latency.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_register_and_render() {
+        let m = Metrics::new();
+        let r = m.route("api", "backend", BreakerConfig::default());
+        let r = Arc::new(r);
+        {
+            let _g = r.start();
+            assert_eq!(r.in_flight(), 1);
+        }
+        assert_eq!(r.in_flight(), 0);
+        assert_eq!(r.take_peak(), 1);
+        r.finish(
+            200,
+            Duration::from_millis(3),
+            RequestEvents {
+                execution: Some(Event::Success),
+                fallback: None,
+            },
+        );
+        r.finish(
+            503,
+            Duration::from_millis(1),
+            RequestEvents {
+                execution: Some(Event::ShortCircuited),
+                fallback: Some(Event::FallbackFailure),
+            },
+        );
+        m.filter_rejection("api", "jwt", 401);
+        m.fallback("api", "static", true);
+        m.breaker_transition("backend", State::Closed, State::Open);
+        let c = m.cluster("backend");
+        c.attempt(resilience::Outcome::Timeout, Duration::from_millis(20));
+        let (counts, latency) = r.window(Instant::now());
+        assert_eq!(counts.get(Event::Success), 1);
+        assert_eq!(counts.get(Event::ShortCircuited), 1);
+        assert_eq!(counts.get(Event::FallbackFailure), 1);
+        assert_eq!(latency.count, 2);
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&m.registry.gather(), &mut out)
+            .expect("encode");
+        let text = String::from_utf8(out).expect("utf8");
+        assert!(text
+            .contains("gateway_requests_total{class=\"2xx\",cluster=\"backend\",route=\"api\"} 1"));
+        assert!(text.contains(
+            "gateway_filter_rejections_total{filter=\"jwt\",route=\"api\",status=\"401\"} 1"
+        ));
+        assert!(text.contains(
+            "gateway_upstream_attempts_total{cluster=\"backend\",outcome=\"timeout\"} 1"
+        ));
+        assert!(text.contains("gateway_request_duration_seconds_bucket{cluster=\"backend\",route=\"api\",le=\"0.005\"} 2"));
+        assert!(text.contains("gateway_build_info{version="));
+    }
+
+    #[test]
+    fn status_text() {
+        assert_eq!(itoa_status(429).as_str(), "429");
+        assert_eq!(itoa_status(7).as_str(), "007");
+    }
+}
