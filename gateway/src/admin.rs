@@ -42,6 +42,38 @@ fn observability_router(state: Arc<GatewayState>, reloader: Arc<Reloader>) -> Ro
                 .route("/hystrix.stream", get(hystrix_stream))
                 .with_state(stream),
         )
+        .route(
+            "/",
+            get(|| async { axum::response::Redirect::temporary("/dashboard") }),
+        )
+        .route(
+            "/dashboard",
+            get(|| asset("text/html; charset=utf-8", DASHBOARD_HTML)),
+        )
+        .route(
+            "/dashboard/app.js",
+            get(|| asset("text/javascript; charset=utf-8", DASHBOARD_JS)),
+        )
+        .route(
+            "/dashboard/style.css",
+            get(|| asset("text/css; charset=utf-8", DASHBOARD_CSS)),
+        )
+}
+
+// The dashboard: plain static files bundled into the binary (no build step).
+const DASHBOARD_HTML: &str = include_str!("../assets/dashboard.html");
+const DASHBOARD_JS: &str = include_str!("../assets/dashboard.js");
+const DASHBOARD_CSS: &str = include_str!("../assets/dashboard.css");
+
+async fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, content_type),
+            (axum::http::header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 /// `GET /hystrix.stream`: server-sent events in Hystrix's format, every 500 ms.
@@ -205,7 +237,7 @@ async fn breaker_action(
 async fn not_found() -> Response {
     let body = json!({
         "error": "not_found",
-        "endpoints": ["/metrics", "/hystrix.stream", "/healthz", "/readyz", "/routes", "/clusters", "/breakers", "/breakers/{cluster}", "POST /breakers/{cluster}/force_open|force_closed|reset", "/config", "POST /config", "POST /config/reload", "/config/versions", "/config/versions/{generation}", "POST /config/rollback/{generation}"],
+        "endpoints": ["/dashboard", "/metrics", "/hystrix.stream", "/healthz", "/readyz", "/routes", "/clusters", "/breakers", "/breakers/{cluster}", "POST /breakers/{cluster}/force_open|force_closed|reset", "/config", "POST /config", "POST /config/reload", "/config/versions", "/config/versions/{generation}", "POST /config/rollback/{generation}"],
     });
     (StatusCode::NOT_FOUND, Json(body)).into_response()
 }

@@ -1,0 +1,209 @@
+// The gateway dashboard: live breaker state and route rates from /hystrix.stream, topology
+// from the admin API. Plain DOM, no build step; bundled into the gateway binary.
+"use strict";
+
+const HISTORY = 120; // samples kept per route: 60 s at one frame per 500 ms
+const commands = new Map(); // route -> latest HystrixCommand
+const pools = new Map(); // cluster -> latest HystrixThreadPool
+const history = new Map(); // route -> [{rate, p99}]
+let routes = [];
+let clusters = [];
+let renderQueued = false;
+
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") e.className = v;
+    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+    else e.setAttribute(k, v);
+  }
+  for (const c of children) {
+    if (c === null || c === undefined) continue;
+    e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return e;
+}
+
+function sparkline(values) {
+  const svgNS = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(svgNS, "svg");
+  svg.setAttribute("class", "spark");
+  svg.setAttribute("viewBox", "0 0 120 24");
+  svg.setAttribute("preserveAspectRatio", "none");
+  const max = Math.max(1, ...values);
+  const step = values.length > 1 ? 120 / (HISTORY - 1) : 0;
+  const offset = 120 - step * (values.length - 1);
+  const points = values
+    .map((v, i) => `${(offset + i * step).toFixed(1)},${(23 - (v / max) * 22).toFixed(1)}`)
+    .join(" ");
+  const line = document.createElementNS(svgNS, "polyline");
+  line.setAttribute("points", points);
+  svg.append(line);
+  const title = document.createElementNS(svgNS, "title");
+  title.textContent = `max ${max.toFixed(1)}`;
+  svg.append(title);
+  return svg;
+}
+
+function windowSeconds(cmd) {
+  return (cmd.propertyValue_metricsRollingStatisticalWindowInMilliseconds || 10000) / 1000;
+}
+
+function onObject(o) {
+  if (o.type === "HystrixCommand") {
+    commands.set(o.name, o);
+    const h = history.get(o.name) || [];
+    h.push({ rate: o.requestCount / windowSeconds(o), p99: o.latencyExecute ? o.latencyExecute["99"] : 0 });
+    while (h.length > HISTORY) h.shift();
+    history.set(o.name, h);
+  } else if (o.type === "HystrixThreadPool") {
+    pools.set(o.name, o);
+  }
+  queueRender();
+}
+
+function queueRender() {
+  if (renderQueued) return;
+  renderQueued = true;
+  setTimeout(() => {
+    renderQueued = false;
+    render();
+  }, 100);
+}
+
+function connect() {
+  const status = document.getElementById("stream-status");
+  const source = new EventSource("/hystrix.stream");
+  source.onopen = () => {
+    status.textContent = "stream: live";
+    status.className = "stream up";
+  };
+  source.onmessage = (ev) => {
+    try {
+      onObject(JSON.parse(ev.data));
+    } catch (e) {
+      console.error("bad stream object", e);
+    }
+  };
+  source.onerror = () => {
+    status.textContent = "stream: reconnecting";
+    status.className = "stream down";
+  };
+}
+
+async function getJson(path) {
+  const r = await fetch(path, { cache: "no-store" });
+  return r.json();
+}
+
+async function poll() {
+  try {
+    const [r, c, cfg, ready] = await Promise.all([
+      getJson("/routes"), getJson("/clusters"), getJson("/config"), getJson("/readyz"),
+    ]);
+    routes = r.routes || [];
+    clusters = c.clusters || [];
+    const current = cfg.current || {};
+    document.getElementById("generation").textContent = current.generation ?? "-";
+    const last = cfg.last_attempt;
+    const lastText = last
+      ? `${last.result} (${last.source}${last.error ? ": " + last.error : ""})`
+      : "none since start";
+    const lr = document.getElementById("last-reload");
+    lr.textContent = lastText;
+    lr.className = last && last.result === "rejected" ? "error" : "";
+    document.getElementById("in-flight").textContent =
+      `${ready.in_flight}${ready.draining ? " (draining)" : ""}`;
+    queueRender();
+  } catch (e) {
+    console.error("admin poll failed", e);
+  }
+}
+
+/// The breaker state of a cluster: from the stream when a route of it reports, else from the
+/// admin API's last poll.
+function clusterState(name) {
+  for (const cmd of commands.values()) {
+    if (cmd.group === name) return cmd.circuitBreakerState || (cmd.isCircuitBreakerOpen ? "open" : "closed");
+  }
+  const c = clusters.find((c) => c.name === name);
+  return c ? c.breaker : "disabled";
+}
+
+async function breakerAction(cluster, action) {
+  const r = await fetch(`/breakers/${encodeURIComponent(cluster)}/${action}`, { method: "POST" });
+  const body = await r.json();
+  if (!r.ok) alert(`${action} failed: ${body.reason || r.status}`);
+  poll();
+}
+
+function breakerCard(name) {
+  const cmds = [...commands.values()].filter((c) => c.group === name);
+  const requests = cmds.reduce((n, c) => n + c.requestCount, 0);
+  const errors = cmds.reduce((n, c) => n + c.errorCount, 0);
+  const shorted = cmds.reduce((n, c) => n + c.rollingCountShortCircuited, 0);
+  const fallbacks = cmds.reduce((n, c) => n + c.rollingCountFallbackSuccess, 0);
+  const pool = pools.get(name);
+  const state = clusterState(name);
+  const win = cmds.length ? windowSeconds(cmds[0]) : 10;
+  const errPct = requests ? Math.round((errors * 100) / requests) : 0;
+  const rate = (requests + shorted) / win;
+  const p99 = cmds.length ? Math.max(...cmds.map((c) => c.latencyExecute["99"])) : 0;
+  const id = `breaker-${name}`;
+  const buttons = state === "disabled" ? null : el("div", { class: "buttons" },
+    el("button", { "data-action": "force_open", onclick: () => breakerAction(name, "force_open") }, "Force open"),
+    el("button", { "data-action": "force_closed", onclick: () => breakerAction(name, "force_closed") }, "Force close"),
+    el("button", { "data-action": "reset", onclick: () => breakerAction(name, "reset") }, "Reset"));
+  return el("div", { class: "card breaker", id, "data-cluster": name },
+    el("h3", {}, name, el("span", { class: "state", "data-state": state }, state.replace("_", " ").toUpperCase())),
+    el("div", { class: "numbers" },
+      "error rate", el("b", { class: "error-rate" }, `${errPct} %`),
+      "requests in window", el("b", {}, `${requests} (${rate.toFixed(1)}/s)`),
+      "short-circuited", el("b", {}, shorted),
+      "fallbacks", el("b", {}, fallbacks),
+      "p99", el("b", {}, `${p99} ms`),
+      "bulkhead", el("b", {}, pool ? `${pool.currentActiveCount} / ${pool.currentMaximumPoolSize} (rejected ${pool.rollingCountCommandRejections})` : "-")),
+    buttons);
+}
+
+function render() {
+  const names = new Set(clusters.map((c) => c.name));
+  for (const cmd of commands.values()) names.add(cmd.group);
+  const breakers = document.getElementById("breakers");
+  breakers.replaceChildren(...[...names].sort().map(breakerCard));
+
+  const body = document.querySelector("#routes tbody");
+  const routeNames = routes.length ? routes.map((r) => r.name) : [...commands.keys()];
+  body.replaceChildren(...routeNames.map((name) => {
+    const r = routes.find((x) => x.name === name) || { cluster: "", filters: [] };
+    const cmd = commands.get(name);
+    const h = history.get(name) || [];
+    const match = [r.host, r.path, r.methods ? r.methods.join(",") : null].filter(Boolean).join(" ") || "any";
+    return el("tr", { "data-route": name },
+      el("td", {}, name), el("td", {}, match), el("td", {}, r.cluster || (cmd && cmd.group)),
+      el("td", {}, (r.filters || []).join(", ")),
+      el("td", {}, cmd ? (cmd.requestCount / windowSeconds(cmd)).toFixed(1) : "-"),
+      el("td", {}, cmd ? `${cmd.errorPercentage} %` : "-"),
+      el("td", {}, cmd ? cmd.currentConcurrentExecutionCount : "-"),
+      el("td", {}, sparkline(h.map((x) => x.rate))),
+      el("td", {}, sparkline(h.map((x) => x.p99))));
+  }));
+
+  const cl = document.getElementById("clusters");
+  cl.replaceChildren(...clusters.map((c) => el("div", { class: "card cluster", "data-cluster": c.name },
+    el("h3", {}, c.name, el("span", {}, `${c.discovery.source}${c.discovery.stale ? " (stale)" : ""}`)),
+    el("div", { class: "numbers" },
+      "balancing", el("b", {}, c.load_balancing),
+      "protocol", el("b", {}, c.protocol),
+      "ready", el("b", {}, c.ready ? "yes" : "no")),
+    el("table", {},
+      el("thead", {}, el("tr", {}, el("th", {}, "endpoint"), el("th", {}, "health"), el("th", {}, "in flight"), el("th", {}, "requests"), el("th", {}, "failures"))),
+      el("tbody", {}, ...c.endpoints.map((e) => el("tr", {},
+        el("td", {}, e.address),
+        el("td", { class: e.ejected ? "ejected" : "" }, e.ejected ? "ejected" : "serving"),
+        el("td", {}, e.in_flight), el("td", {}, e.requests), el("td", {}, e.failures))))))));
+}
+
+connect();
+poll();
+setInterval(poll, 2000);

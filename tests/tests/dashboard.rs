@@ -1,0 +1,178 @@
+//! The dashboard page in a real browser: headless Chromium driven through chromedriver
+//! (Debian's `chromium` and `chromium-driver`, installed by scripts/setup) watches a breaker
+//! open while its upstream fails, and an operator's button closes it. Screenshots are saved
+//! under the test's output directory (`target/tmp/dashboard/`).
+
+mod harness;
+
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use harness::*;
+
+/// chromedriver in its own process group, so that dropping it (also when a test fails) stops
+/// the browsers it started too.
+struct ChromeDriver {
+    child: Child,
+    port: u16,
+}
+
+impl ChromeDriver {
+    async fn start() -> Self {
+        let port = free_port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("chromedriver (Debian package chromium-driver; scripts/setup installs it)");
+        let driver = Self { child, port };
+        let http = reqwest::Client::new();
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = http
+                .get(format!("{}/status", driver.url()))
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success());
+            if ready.is_some() {
+                return driver;
+            }
+            assert!(Instant::now() < end, "chromedriver did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    async fn browser(&self) -> Client {
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            serde_json::json!({
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                         "--disable-dev-shm-usage", "--window-size=1400,1000"],
+            }),
+        );
+        ClientBuilder::native()
+            .capabilities(caps)
+            .connect(&self.url())
+            .await
+            .expect("a Chromium session")
+    }
+}
+
+impl Drop for ChromeDriver {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.child.wait();
+    }
+}
+
+fn artifacts() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
+    std::fs::create_dir_all(&dir).expect("artifact dir");
+    dir
+}
+
+/// Polls the page until the breaker card of `cluster` shows `state`.
+async fn wait_for_state(c: &Client, cluster: &str, state: &str) {
+    let selector = format!("#breaker-{cluster} .state");
+    let end = Instant::now() + Duration::from_secs(15);
+    loop {
+        let shown = match c.find(Locator::Css(&selector)).await {
+            Ok(e) => e.attr("data-state").await.ok().flatten(),
+            Err(_) => None,
+        };
+        if shown.as_deref() == Some(state) {
+            return;
+        }
+        if Instant::now() >= end {
+            let shot = c.screenshot().await.unwrap_or_default();
+            let path = artifacts().join(format!("timeout-{cluster}-{state}.png"));
+            let _ = std::fs::write(&path, shot);
+            panic!(
+                "the dashboard never showed {cluster} {state} (last: {shown:?}; screenshot {})",
+                path.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_dashboard_shows_a_breaker_open_while_its_upstream_fails() {
+    let up = echo("titles").await;
+    let body = format!(
+        "{}\
+         [clusters.titles.circuit_breaker]\nvolume_threshold = 4\nerror_percent = 50\nsleep_window_ms = 60000\n\
+         [clusters.titles.retry]\nretries = 0\n\
+         [clusters.titles.outlier_detection]\nenabled = false\n\n\
+         [[routes]]\nname = \"titles\"\ncluster = \"titles\"\npath_prefix = \"/titles\"\n",
+        cluster("titles", &[&up], ""),
+    );
+    let gw = Gateway::start(&body).await;
+    let http = client();
+    let driver = ChromeDriver::start().await;
+    let c = driver.browser().await;
+
+    c.goto(&gw.admin_url("/dashboard")).await.expect("load");
+    for _ in 0..3 {
+        let r = http.get(gw.url("/titles/1")).send().await.expect("req");
+        assert_eq!(r.status(), 200);
+    }
+    wait_for_state(&c, "titles", "closed").await;
+    let route_row = c
+        .find(Locator::Css("#routes tr[data-route=\"titles\"]"))
+        .await
+        .expect("the route's row");
+    assert!(route_row.text().await.expect("text").contains("titles"));
+
+    // The upstream fails; the breaker opens, and the page shows it from the stream.
+    up.set_fault(Some(503), Duration::ZERO);
+    for _ in 0..5 {
+        let _ = http.get(gw.url("/titles/1")).send().await.expect("req");
+    }
+    wait_for_state(&c, "titles", "open").await;
+    let badge = c
+        .find(Locator::Css("#breaker-titles .state"))
+        .await
+        .expect("badge");
+    assert_eq!(badge.text().await.expect("text"), "OPEN");
+    let rate = c
+        .find(Locator::Css("#breaker-titles .error-rate"))
+        .await
+        .expect("error rate")
+        .text()
+        .await
+        .expect("text");
+    assert_ne!(rate, "0 %", "the error rate is shown");
+    let shot = c.screenshot().await.expect("screenshot");
+    let path = artifacts().join("breaker-open.png");
+    std::fs::write(&path, &shot).expect("save screenshot");
+    assert!(shot.starts_with(b"\x89PNG"), "a PNG screenshot");
+    eprintln!("screenshot: {}", path.display());
+
+    // The operator's button: force it closed from the page.
+    c.find(Locator::Css(
+        "#breaker-titles button[data-action=\"force_closed\"]",
+    ))
+    .await
+    .expect("force close button")
+    .click()
+    .await
+    .expect("click");
+    wait_for_state(&c, "titles", "forced_closed").await;
+    let (_, j) = get_json(&http, &gw.admin_url("/breakers/titles")).await;
+    assert_eq!(j["breaker"]["state"], "forced_closed", "{j}");
+    c.close().await.expect("close the browser");
+}
