@@ -114,8 +114,25 @@ pub fn main_with(registry: &FilterRegistry) -> ExitCode {
             if let Ok(mut g) = guards.lock() {
                 g.extend(crate::access_log::install(cfg.access_log.format));
             }
+            // Trace export, when the OTEL_* environment asks for it (off by default).
+            let tracing_provider = match crate::telemetry::init_from_env("gateway") {
+                Ok(Some(p)) => {
+                    tracing::info!("trace export on (OTLP/HTTP, configured by OTEL_* variables)");
+                    Some(p)
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    eprintln!("gateway: tracing: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let flush = Box::new(move || {
                 crate::access_log::flush();
+                if let Some(p) = &tracing_provider {
+                    if let Err(e) = p.shutdown() {
+                        tracing::warn!(error = %e, "could not send the last spans");
+                    }
+                }
                 if let Ok(mut g) = guards.lock() {
                     g.clear();
                 }

@@ -22,6 +22,7 @@ pub mod reload;
 pub mod router;
 pub mod runtime;
 pub mod server;
+pub mod telemetry;
 
 pub use builder::{Gateway, GatewayBuilder};
 /// The filter API, re-exported so a plugin crate needs only `gateway` as a dependency.

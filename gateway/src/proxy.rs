@@ -25,6 +25,7 @@ use crate::fallback::{self, Capture, Failure, LastGood};
 use crate::metrics::{RequestEvents, RouteInFlight};
 use crate::router::{request_host, RequestView};
 use crate::runtime::{GatewayState, InFlightGuard, Route, Runtime};
+use crate::telemetry::{started_ago, RequestTrace, TRACEPARENT, TRACESTATE};
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -68,6 +69,8 @@ pub struct RequestCtx {
     call: Call,
     /// The filter that answered the request itself.
     answered_by: Option<Box<str>>,
+    /// The W3C trace context and, when tracing is on, the request's spans.
+    trace: RequestTrace,
     /// Holds the request in its route's in-flight gauge.
     _route_flight: Option<RouteInFlight>,
     _in_flight: InFlightGuard,
@@ -287,6 +290,7 @@ fn switch_to_fallback_cluster(route: &Route, call: &mut Call, failure: Failure) 
 
 /// Records a failed attempt on the breaker and the endpoint.
 fn attempt_failed(ctx: &mut RequestCtx, outcome: Outcome, failure: Failure, now: Instant) {
+    ctx.trace.end_attempt(Some(&failure.reason()));
     let call = &mut ctx.call;
     call.failure = Some(failure);
     let latency = call
@@ -461,8 +465,20 @@ impl GatewayProxy {
                 b.record(event, now);
             }
         }
-        let (_, answer) = answer?;
+        let (kind, answer) = answer?;
         let status = answer.status().as_u16();
+        ctx.trace.local_span(
+            format!("fallback {kind}"),
+            std::time::SystemTime::now(),
+            vec![
+                opentelemetry::KeyValue::new("gateway.fallback", kind),
+                opentelemetry::KeyValue::new(
+                    "gateway.fallback_reason",
+                    failure.reason().to_string(),
+                ),
+                opentelemetry::KeyValue::new("http.response.status_code", i64::from(status)),
+            ],
+        );
         if !reusable {
             session.set_keepalive(None);
         }
@@ -491,6 +507,7 @@ impl ProxyHttp for GatewayProxy {
             filter_reply: None,
             call: Call::default(),
             answered_by: None,
+            trace: RequestTrace::default(),
             _route_flight: None,
             _in_flight: self.state.track(),
         }
@@ -525,6 +542,17 @@ impl ProxyHttp for GatewayProxy {
         };
         ctx.route = ctx.runtime.find_route(&view);
         ctx._route_flight = ctx.route().map(|r| r.metrics.start());
+        ctx.trace = RequestTrace::start(
+            &req.headers,
+            req.method.as_str(),
+            req.uri.path(),
+            session.client_addr().and_then(|a| a.as_inet()).copied(),
+            started_ago(ctx.started.elapsed()),
+        );
+        if let Some(r) = ctx.route.and_then(|i| ctx.runtime.routes.get(i)) {
+            ctx.trace
+                .set_route(req.method.as_str(), &r.name, r.cluster.name());
+        }
         if need_insert {
             session
                 .req_header_mut()
@@ -543,6 +571,7 @@ impl ProxyHttp for GatewayProxy {
                 crate::filtering::run_request(chain, session, &mut ctx.filters).await
             {
                 ctx.answered_by = chain.responder(&ctx.filters).map(Into::into);
+                filter_span(ctx, resp.status().as_u16());
                 send_reply(session, ctx, resp).await?;
                 return Ok(true);
             }
@@ -573,6 +602,7 @@ impl ProxyHttp for GatewayProxy {
         {
             ctx.answered_by = chain.responder(&ctx.filters).map(Into::into);
             let status = resp.status().as_u16();
+            filter_span(ctx, status);
             ctx.filter_reply = Some(resp);
             return Err(Error::explain(
                 ErrorType::HTTPStatus(status),
@@ -672,6 +702,13 @@ impl ProxyHttp for GatewayProxy {
         peer.options.read_timeout = Some(read.max(Duration::from_millis(1)));
         call.tried.push(picked.endpoint().address);
         call.attempt_started = Some(now);
+        let fallback_reason = call.on_fallback_cluster.map(|f| f.reason());
+        ctx.trace.attempt_started(
+            cluster.name(),
+            picked.endpoint().address,
+            ctx.call.attempts,
+            fallback_reason.as_deref(),
+        );
         ctx.picked = Some(picked);
         Ok(peer)
     }
@@ -793,6 +830,18 @@ impl ProxyHttp for GatewayProxy {
         if let Some(v) = via {
             upstream.insert_header(VIA, v)?;
         }
+        let (parent, state) = ctx.trace.upstream_headers();
+        if let Some(p) = parent {
+            upstream.insert_header(TRACEPARENT, p)?;
+        }
+        match state {
+            Some(s) => {
+                upstream.insert_header(TRACESTATE, s)?;
+            }
+            None => {
+                upstream.remove_header(&TRACESTATE);
+            }
+        }
         Ok(())
     }
 
@@ -828,6 +877,7 @@ impl ProxyHttp for GatewayProxy {
             Outcome::Success
         };
         cluster.metrics().attempt(outcome, latency);
+        ctx.trace.attempt_answered(status, failed);
         if let Some(p) = ctx.call.permit.take() {
             p.record(outcome, latency, now);
         }
@@ -849,6 +899,7 @@ impl ProxyHttp for GatewayProxy {
             ctx.call.failure = Some(failure);
             let explain = |what| Error::explain(ErrorType::HTTPStatus(status), what);
             if retry_decision(session, ctx, failure, true, now) {
+                ctx.trace.end_attempt(Some(&failure.reason()));
                 ctx.call.status_retry = Some(true);
                 return Err(explain("the upstream answered with a retryable status"));
             }
@@ -994,7 +1045,8 @@ impl ProxyHttp for GatewayProxy {
             |r| r.status.as_u16(),
         );
         let elapsed = ctx.started.elapsed();
-        let route = ctx.route();
+        let runtime = ctx.runtime.clone();
+        let route = ctx.route.and_then(|i| runtime.routes.get(i));
         let events = request_events(ctx);
         if let Some(r) = route {
             r.metrics.finish(status, elapsed, events);
@@ -1016,16 +1068,19 @@ impl ProxyHttp for GatewayProxy {
                 status,
             );
         }
-        if !ctx.runtime.access_log.enabled {
-            return;
-        }
-        let req = session.req_header();
         let reason: Cow<'_, str> = match (&ctx.answered_by, ctx.call.local_fallback, ctx.error) {
             (Some(filter), _, _) => Cow::Owned(format!("filter:{filter}")),
             (None, Some((kind, true)), _) => Cow::Owned(format!("fallback:{kind}")),
             (None, _, Some(e)) => Cow::Borrowed(e.code()),
             _ => Cow::Borrowed("-"),
         };
+        ctx.trace
+            .finish(status, (reason != "-").then_some(&*reason));
+        if !ctx.runtime.access_log.enabled {
+            return;
+        }
+        let req = session.req_header();
+        let trace_id = ctx.trace.trace_id().to_string();
         let grpc_status = session
             .response_written()
             .filter(|r| crate::grpc::is_grpc(&r.headers))
@@ -1055,11 +1110,26 @@ impl ProxyHttp for GatewayProxy {
                 .as_ref()
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("-"),
-            trace_id: "-",
+            trace_id: &trace_id,
             client: ctx.client_ip,
             reason: &reason,
         });
     }
+}
+
+/// The span of a filter that answered the request itself.
+fn filter_span(ctx: &RequestCtx, status: u16) {
+    let Some(name) = &ctx.answered_by else {
+        return;
+    };
+    ctx.trace.local_span(
+        format!("filter {name}"),
+        started_ago(ctx.started.elapsed()),
+        vec![
+            opentelemetry::KeyValue::new("gateway.filter", name.to_string()),
+            opentelemetry::KeyValue::new("http.response.status_code", i64::from(status)),
+        ],
+    );
 }
 
 /// The request's events for the route's rolling window, as Hystrix counts them: the

@@ -16,3 +16,4 @@ pub mod echo;
 pub mod play;
 pub mod service;
 pub mod steering;
+pub mod telemetry;

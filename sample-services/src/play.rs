@@ -39,6 +39,7 @@ use tower::{ServiceBuilder, ServiceExt};
 use crate::catalog::{Playability, Title};
 use crate::steering::proto::steering_client::SteeringClient;
 use crate::steering::proto::SelectServersRequest;
+use crate::telemetry;
 
 /// Where a dependency's instances are: fixed addresses, or a discovery watch that keeps them
 /// current. Each call takes the next instance (round robin).
@@ -450,12 +451,20 @@ async fn playability(
         .finish();
     let title: String = form_urlencoded::byte_serialize(q.title.as_bytes()).collect();
     let url = format!("http://{addr}/titles/{title}/playability?{query}");
-    let resp = http.get(url).send().await?;
-    match resp.status().as_u16() {
-        200 => Ok(CatalogAnswer::Known(resp.json().await?)),
-        404 => Ok(CatalogAnswer::UnknownTitle),
-        s => Err(format!("catalog answered {s}").into()),
+    let cx = telemetry::client_span("GET catalog playability".into(), &addr.to_string());
+    let mut headers = HeaderMap::new();
+    telemetry::inject(&cx, &mut headers);
+    let answer = async {
+        let resp = http.get(url).headers(headers).send().await?;
+        match resp.status().as_u16() {
+            200 => Ok(CatalogAnswer::Known(resp.json().await?)),
+            404 => Ok(CatalogAnswer::UnknownTitle),
+            s => Err(format!("catalog answered {s}").into()),
+        }
     }
+    .await;
+    telemetry::end_client_span(&cx, answer.as_ref().err().map(ToString::to_string));
+    answer
 }
 
 /// Steering's fallback: the default servers, marked degraded with the reason.
@@ -476,7 +485,21 @@ async fn select_servers(
     request: SelectServersRequest,
 ) -> Result<Steered, BoxError> {
     let mut client = SteeringClient::new(channel?);
-    match client.select_servers(request).await {
+    let cx = telemetry::client_span("steering.v1.Steering/SelectServers".into(), "steering");
+    let mut request = tonic::Request::new(request);
+    let mut headers = HeaderMap::new();
+    telemetry::inject(&cx, &mut headers);
+    *request.metadata_mut() = tonic::metadata::MetadataMap::from_headers(headers);
+    let result = client.select_servers(request).await;
+    telemetry::end_client_span(
+        &cx,
+        result
+            .as_ref()
+            .err()
+            .filter(|s| s.code() != tonic::Code::NotFound)
+            .map(ToString::to_string),
+    );
+    match result {
         Ok(resp) => Ok(Steered {
             servers: resp
                 .into_inner()

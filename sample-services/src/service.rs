@@ -120,8 +120,8 @@ impl Faults {
     }
 }
 
-/// Adds `/health`, `/__fault` (GET shows, PUT sets from the query, DELETE clears) and the
-/// fault-injecting middleware to a service's router.
+/// Adds `/health`, `/__fault` (GET shows, PUT sets from the query, DELETE clears), the
+/// fault-injecting middleware and trace continuation to a service's router.
 pub fn with_basics(router: Router, faults: Faults, instance: &str) -> Router {
     let admin = Router::new()
         .route(
@@ -147,6 +147,7 @@ pub fn with_basics(router: Router, faults: Faults, instance: &str) -> Router {
                 }
             },
         ))
+        .layer(axum::middleware::from_fn(crate::telemetry::server_span))
 }
 
 async fn get_fault(State(f): State<Faults>) -> Json<FaultSettings> {

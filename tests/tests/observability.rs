@@ -484,3 +484,136 @@ async fn wait_for_access_lines(gw: &Gateway, n: usize) -> Vec<Value> {
     .await;
     lines()
 }
+
+#[tokio::test]
+async fn spans_mark_retries_fallbacks_and_filter_answers() {
+    let collector = OtlpCollector::start().await;
+    let good = echo("good").await;
+    let bad = echo("bad").await;
+    bad.set_fault(Some(503), Duration::ZERO);
+    let dead = format!("127.0.0.1:{}", free_port());
+    let body = format!(
+        "[clusters.mixed]\nendpoints = [\"{}\", \"{}\"]\nload_balancing = \"round_robin\"\n\
+         [clusters.mixed.circuit_breaker]\nenabled = false\n\
+         [clusters.mixed.outlier_detection]\nenabled = false\n\
+         [clusters.mixed.retry]\nretries = 1\n\n\
+         [clusters.gone]\nendpoints = [\"{dead}\"]\n\
+         [clusters.gone.retry]\nretries = 0\n\n\
+         [[routes]]\nname = \"mixed\"\ncluster = \"mixed\"\npath_prefix = \"/mixed\"\n\n\
+         [[routes]]\nname = \"legacy\"\ncluster = \"gone\"\npath_prefix = \"/legacy\"\n\
+         [routes.fallback.response]\nstatus = 200\nbody = 'cached'\n\n\
+         [[routes]]\nname = \"private\"\ncluster = \"mixed\"\npath_prefix = \"/private\"\n\
+         [[routes.filters]]\nfilter = \"ip_filter\"\ndeny = [\"127.0.0.0/8\"]\n",
+        good.addr(),
+        bad.addr(),
+    );
+    let gw = Gateway::start_env(&body, &collector.env()).await;
+    let http = client();
+    let traced = |n: u32| format!("00-{n:032x}-00000000000000aa-01");
+
+    // Round robin over a good and a failing endpoint: half the first attempts get a 503 and
+    // are retried on the other endpoint.
+    for n in 1..=4u32 {
+        let r = http
+            .get(gw.url("/mixed"))
+            .header("traceparent", traced(n))
+            .send()
+            .await
+            .expect("req");
+        assert_eq!(r.status(), 200);
+        // The upstream got the gateway's attempt span as its parent, in the client's trace.
+        let seen: Value = r.json().await.expect("echo body");
+        let parent = seen["headers"]["traceparent"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(parent.starts_with(&format!("00-{n:032x}-")), "{parent}");
+        assert!(
+            !parent.contains("-00000000000000aa-"),
+            "a new parent span: {parent}"
+        );
+    }
+    let mut retried = 0;
+    for n in 1..=4u32 {
+        let id = format!("{n:032x}");
+        let spans = collector
+            .wait_trace(&id, "ended", |s| s.iter().any(|x| x.kind == 2))
+            .await;
+        let mut attempts: Vec<_> = spans.iter().filter(|s| s.kind == 3).collect();
+        attempts.sort_by_key(|s| s.attributes["gateway.attempt"].clone());
+        let server = spans.iter().find(|s| s.kind == 2).expect("server span");
+        assert!(attempts.iter().all(|a| a.parent_span_id == server.span_id));
+        if attempts.len() == 2 {
+            retried += 1;
+            assert_eq!(attempts[0].attributes["http.response.status_code"], "503");
+            assert_eq!(attempts[0].attributes["gateway.retry"], "false");
+            assert_eq!(attempts[1].attributes["gateway.retry"], "true");
+            assert_eq!(attempts[1].attributes["gateway.attempt"], "2");
+            assert_eq!(attempts[1].attributes["http.response.status_code"], "200");
+        } else {
+            assert_eq!(attempts.len(), 1, "{spans:#?}");
+        }
+    }
+    assert!(
+        retried >= 1,
+        "round robin sent some first attempts to the failing endpoint"
+    );
+
+    // A local fallback answers for a dead cluster: the failed attempt and the fallback.
+    let r = http
+        .get(gw.url("/legacy/x"))
+        .header("traceparent", traced(10))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(r.status(), 200);
+    let spans = collector
+        .wait_trace(&format!("{:032x}", 10), "showed the fallback", |s| {
+            s.iter().any(|x| x.name == "fallback static") && s.iter().any(|x| x.kind == 2)
+        })
+        .await;
+    let fb = spans
+        .iter()
+        .find(|x| x.name == "fallback static")
+        .expect("fallback span");
+    assert_eq!(fb.attributes["gateway.fallback_reason"], "connect_failure");
+    let attempt = spans.iter().find(|x| x.kind == 3).expect("attempt span");
+    assert_eq!(attempt.attributes["error.type"], "connect_failure");
+    let server = spans.iter().find(|x| x.kind == 2).expect("server");
+    assert_eq!(server.attributes["gateway.reason"], "fallback:static");
+
+    // A filter that answers gets its own span; nothing went upstream.
+    let r = http
+        .get(gw.url("/private/x"))
+        .header("traceparent", traced(11))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(r.status(), 403);
+    let spans = collector
+        .wait_trace(&format!("{:032x}", 11), "showed the filter", |s| {
+            s.iter().any(|x| x.name == "filter ip_filter") && s.iter().any(|x| x.kind == 2)
+        })
+        .await;
+    let filter = spans
+        .iter()
+        .find(|x| x.name == "filter ip_filter")
+        .expect("filter span");
+    assert_eq!(filter.attributes["http.response.status_code"], "403");
+    assert!(
+        spans.iter().all(|x| x.kind != 3),
+        "no upstream attempt: {spans:#?}"
+    );
+
+    // The access log names each request's trace.
+    wait_until(
+        "the access log names the traces",
+        Duration::from_secs(10),
+        || {
+            let log = gw.log();
+            log.contains(&format!("\"trace_id\":\"{:032x}\"", 10))
+                && log.contains(&format!("\"trace_id\":\"{:032x}\"", 11))
+        },
+    )
+    .await;
+}

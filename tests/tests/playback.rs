@@ -28,7 +28,7 @@ struct Svc {
 }
 
 impl Svc {
-    fn spawn(dir: &Path, name: &'static str, args: &[String]) -> Self {
+    fn spawn(dir: &Path, name: &'static str, args: &[String], env: &[(String, String)]) -> Self {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let log = dir.join(format!("{name}.log"));
         let out = std::fs::File::create(&log).expect("log file");
@@ -37,6 +37,7 @@ impl Svc {
             .arg("--listen")
             .arg(addr.to_string())
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(out.try_clone().expect("log fd"))
             .stderr(out)
             .stdin(Stdio::null())
@@ -117,13 +118,18 @@ impl Stack {
     /// With `consul`, every service registers there and both the gateway and Play discover
     /// the others through it; otherwise static addresses.
     async fn start(consul: Option<&ConsulAgent>) -> Self {
+        Self::start_env(consul, &[]).await
+    }
+
+    /// Like [`Stack::start`] with extra environment variables for every process.
+    async fn start_env(consul: Option<&ConsulAgent>, env: &[(String, String)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let common: Vec<String> = match consul {
             Some(c) => vec!["--consul".into(), c.address()],
             None => Vec::new(),
         };
-        let mut catalog = Svc::spawn(dir.path(), "catalog", &common);
-        let mut steering = Svc::spawn(dir.path(), "steering", &common);
+        let mut catalog = Svc::spawn(dir.path(), "catalog", &common, env);
+        let mut steering = Svc::spawn(dir.path(), "steering", &common, env);
         let mut play_args = common.clone();
         play_args.extend([
             "--catalog".into(),
@@ -131,7 +137,7 @@ impl Stack {
             "--steering".into(),
             steering.addr.to_string(),
         ]);
-        let mut play = Svc::spawn(dir.path(), "play", &play_args);
+        let mut play = Svc::spawn(dir.path(), "play", &play_args, env);
         catalog.wait_healthy().await;
         steering.wait_healthy().await;
         play.wait_healthy().await;
@@ -159,7 +165,7 @@ impl Stack {
         let grpc = SocketAddr::from(([127, 0, 0, 1], free_port()));
         body =
             format!("[[listeners]]\nname = \"grpc\"\naddress = \"{grpc}\"\nh2c = true\n\n{body}");
-        let gw = Gateway::start(&body).await;
+        let gw = Gateway::start_env(&body, env).await;
         Self {
             _dir: dir,
             catalog,
@@ -461,4 +467,106 @@ async fn the_flow_passes_with_discovery_through_a_real_consul() {
     assert!(text.contains(&stack.play.addr.to_string()), "{text}");
     assert!(text.contains("consul"), "{text}");
     let _ = (&stack.catalog, &stack.steering);
+}
+
+#[tokio::test]
+async fn one_trace_follows_a_play_request_through_the_gateway_play_catalog_and_steering() {
+    let collector = OtlpCollector::start().await;
+    let stack = Stack::start_env(None, &collector.env()).await;
+    let alice = token_for("alice", "premium", "JP", 600);
+
+    // The client's trace is continued: every span carries its trace id.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let client_span = "00f067aa0ba902b7";
+    let r = client()
+        .post(stack.gw.url("/api/play"))
+        .header("traceparent", format!("00-{trace_id}-{client_span}-01"))
+        .bearer_auth(&alice)
+        .json(&json!({"title_id": "t-0001", "device": "tv"}))
+        .send()
+        .await
+        .expect("play");
+    assert_eq!(r.status(), 200);
+    let want = |s: &[harness::ReceivedSpan], service: &str, kind: i32| {
+        s.iter().any(|x| x.service == service && x.kind == kind)
+    };
+    let spans = collector
+        .wait_trace(trace_id, "reached every service", |s| {
+            want(s, "gateway", 2)
+                && want(s, "gateway", 3)
+                && want(s, "play", 2)
+                && s.iter()
+                    .filter(|x| x.service == "play" && x.kind == 3)
+                    .count()
+                    == 2
+                && want(s, "catalog", 2)
+                && want(s, "steering", 2)
+        })
+        .await;
+    let one = |service: &str, kind: i32, name_part: &str| {
+        spans
+            .iter()
+            .find(|x| x.service == service && x.kind == kind && x.name.contains(name_part))
+            .unwrap_or_else(|| panic!("no {service} span {name_part}: {spans:#?}"))
+            .clone()
+    };
+    let edge = one("gateway", 2, "play");
+    assert_eq!(
+        edge.parent_span_id, client_span,
+        "the gateway continues the client's span"
+    );
+    assert_eq!(edge.name, "POST play");
+    assert_eq!(edge.attributes["http.route"], "play");
+    assert_eq!(edge.attributes["http.response.status_code"], "200");
+    let attempt = one("gateway", 3, "upstream play");
+    assert_eq!(attempt.parent_span_id, edge.span_id);
+    assert_eq!(attempt.attributes["gateway.attempt"], "1");
+    assert_eq!(attempt.attributes["gateway.retry"], "false");
+    let play = one("play", 2, "POST /play");
+    assert_eq!(
+        play.parent_span_id, attempt.span_id,
+        "Play continues the gateway's attempt"
+    );
+    let to_catalog = one("play", 3, "catalog");
+    let to_steering = one("play", 3, "Steering");
+    assert_eq!(to_catalog.parent_span_id, play.span_id);
+    assert_eq!(to_steering.parent_span_id, play.span_id);
+    let catalog = one("catalog", 2, "playability");
+    assert_eq!(catalog.parent_span_id, to_catalog.span_id, "over HTTP");
+    let steering = one("steering", 2, "SelectServers");
+    assert_eq!(steering.parent_span_id, to_steering.span_id, "over gRPC");
+    assert_eq!(steering.attributes["rpc.system"], "grpc");
+
+    // Without a traceparent the gateway starts the trace, and its access log names it.
+    let (status, _) = stack.play(Some(&alice), "t-0002", "web").await;
+    assert_eq!(status, 200);
+    let mut started = String::new();
+    wait_until(
+        "the access log line of the second play",
+        Duration::from_secs(10),
+        || {
+            started = stack
+                .gw
+                .log()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter(|j| j["target"] == "access" && j["route"] == "play")
+                .filter_map(|j| j["trace_id"].as_str().map(str::to_owned))
+                .find(|t| t != trace_id)
+                .unwrap_or_default();
+            !started.is_empty()
+        },
+    )
+    .await;
+    let spans = collector
+        .wait_trace(&started, "reached Catalog", |s| want(s, "catalog", 2))
+        .await;
+    let root = spans
+        .iter()
+        .find(|x| x.service == "gateway" && x.kind == 2)
+        .expect("gateway server span");
+    assert!(
+        root.parent_span_id.is_empty(),
+        "the edge started it: {root:?}"
+    );
 }

@@ -25,6 +25,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let args = Args::parse();
+    let _telemetry = sample_services::telemetry::init("catalog");
     let faults = args.common.faults().map_err(std::io::Error::other)?;
     let data = Catalog::load(&args.data).map_err(std::io::Error::other)?;
     let listener = service::bind(args.listen).await?;

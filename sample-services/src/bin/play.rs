@@ -45,6 +45,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let args = Args::parse();
+    let _telemetry = sample_services::telemetry::init("play");
     let faults = args.common.faults().map_err(std::io::Error::other)?;
     let (catalog, steering) = match &args.common.consul {
         Some(address) => {

@@ -26,6 +26,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let args = Args::parse();
+    let _telemetry = sample_services::telemetry::init("steering");
     let faults = args.common.faults().map_err(std::io::Error::other)?;
     let topology = Topology::load(&args.topology).map_err(std::io::Error::other)?;
     let servers = topology.servers.len();

@@ -1,0 +1,432 @@
+//! Distributed tracing with OpenTelemetry.
+//!
+//! Every request carries a W3C trace context: the client's `traceparent` when it sent a valid
+//! one, or a new trace started at the edge. The upstream receives it (with the gateway's
+//! attempt span as parent when tracing is on), and the access log names the trace id.
+//!
+//! Export is off by default: with no `OTEL_EXPORTER_OTLP_ENDPOINT` /
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (or `OTEL_TRACES_EXPORTER=otlp`), no span is built and
+//! a request costs one header parse and one header write. When on, spans go over OTLP/HTTP
+//! (protobuf) in batches from a background thread; every standard variable applies
+//! (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER[_ARG]`,
+//! `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_BSP_*`, `OTEL_SDK_DISABLED`).
+//!
+//! Spans: one server span per request (`{method} {route}`), a client span per upstream
+//! attempt (`gateway.attempt`, `gateway.retry`, `gateway.fallback_cluster`), a span for a
+//! filter that answered the request itself (`filter {name}`), and one for a local fallback
+//! (`fallback {kind}`).
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, HeaderValue};
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
+    Tracer, TracerProvider as _,
+};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+
+/// The `traceparent` header.
+pub const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+/// The `tracestate` header.
+pub const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
+
+static TRACER: OnceLock<SdkTracer> = OnceLock::new();
+
+/// Whether the `OTEL_*` environment (read through `var`) turns trace export on. Unsupported
+/// settings are errors, so that a typo does not silently disable tracing.
+pub fn export_wanted(var: impl Fn(&str) -> Option<String>) -> Result<bool, String> {
+    if var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        return Ok(false);
+    }
+    let endpoint = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"))
+        .filter(|e| !e.is_empty());
+    let wanted = match var("OTEL_TRACES_EXPORTER").as_deref() {
+        None | Some("") => endpoint.is_some(),
+        Some("none") => false,
+        Some("otlp") => true,
+        Some(other) => {
+            return Err(format!(
+                "OTEL_TRACES_EXPORTER={other} is not supported; fix: use `otlp` or `none`"
+            ))
+        }
+    };
+    if wanted {
+        let protocol = var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            .or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"));
+        if let Some(p) = protocol.filter(|p| p != "http/protobuf") {
+            return Err(format!(
+                "OTEL_EXPORTER_OTLP_PROTOCOL={p} is not supported; fix: use `http/protobuf` \
+                 (the collector's OTLP/HTTP port, usually 4318)"
+            ));
+        }
+    }
+    Ok(wanted)
+}
+
+/// Turns trace export on when the environment asks for it; keep the provider and call
+/// [`SdkTracerProvider::shutdown`] before exiting so queued spans are sent. `service` is the
+/// service name unless `OTEL_SERVICE_NAME` sets one. The provider also becomes the global one
+/// (`opentelemetry::global::tracer`), and W3C trace context the global propagator, so that
+/// services built on this crate's helpers continue traces whether export is on or off.
+pub fn init_from_env(service: &'static str) -> Result<Option<SdkTracerProvider>, String> {
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    if !export_wanted(|k| std::env::var(k).ok())? {
+        return Ok(None);
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .build()
+        .map_err(|e| format!("OTLP exporter: {e}"))?;
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name(service);
+    }
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource.build())
+        .build();
+    let _ = TRACER.set(provider.tracer("gateway"));
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    Ok(Some(provider))
+}
+
+/// The tracer, when export is on.
+fn tracer() -> Option<&'static SdkTracer> {
+    TRACER.get()
+}
+
+struct Headers<'a>(&'a HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+fn random_nonzero_u128() -> u128 {
+    loop {
+        let v = fastrand::u128(..);
+        if v != 0 {
+            return v;
+        }
+    }
+}
+
+fn random_nonzero_u64() -> u64 {
+    loop {
+        let v = fastrand::u64(..);
+        if v != 0 {
+            return v;
+        }
+    }
+}
+
+/// The trace context of one request through the gateway.
+#[derive(Debug)]
+pub struct RequestTrace {
+    /// The client's context (or the one started here when tracing is off).
+    incoming: SpanContext,
+    /// The server span, when tracing is on.
+    server: Option<Context>,
+    /// The current upstream attempt's span.
+    attempt: Option<Context>,
+    /// The trace this request belongs to.
+    trace_id: TraceId,
+}
+
+impl Default for RequestTrace {
+    fn default() -> Self {
+        Self {
+            incoming: SpanContext::empty_context(),
+            server: None,
+            attempt: None,
+            trace_id: TraceId::INVALID,
+        }
+    }
+}
+
+impl RequestTrace {
+    /// Accepts the client's `traceparent`/`tracestate` or starts a trace, and opens the server
+    /// span when tracing is on.
+    pub fn start(
+        headers: &HeaderMap,
+        method: &str,
+        path: &str,
+        client: Option<SocketAddr>,
+        started: SystemTime,
+    ) -> Self {
+        let parent = if headers.contains_key(TRACEPARENT) {
+            TraceContextPropagator::new().extract(&Headers(headers))
+        } else {
+            Context::new()
+        };
+        let remote = parent.span().span_context().clone();
+        let Some(tracer) = tracer() else {
+            let incoming = if remote.is_valid() {
+                remote
+            } else {
+                SpanContext::new(
+                    TraceId::from(random_nonzero_u128()),
+                    SpanId::from(random_nonzero_u64()),
+                    TraceFlags::SAMPLED,
+                    false,
+                    TraceState::default(),
+                )
+            };
+            return Self {
+                trace_id: incoming.trace_id(),
+                incoming,
+                server: None,
+                attempt: None,
+            };
+        };
+        let mut attrs = vec![
+            KeyValue::new("http.request.method", method.to_owned()),
+            KeyValue::new("url.path", path.to_owned()),
+        ];
+        if let Some(c) = client {
+            attrs.push(KeyValue::new("client.address", c.ip().to_string()));
+        }
+        let span = tracer
+            .span_builder(method.to_owned())
+            .with_kind(SpanKind::Server)
+            .with_start_time(started)
+            .with_attributes(attrs)
+            .start_with_context(tracer, &parent);
+        let server = parent.with_span(span);
+        Self {
+            trace_id: server.span().span_context().trace_id(),
+            incoming: remote,
+            server: Some(server),
+            attempt: None,
+        }
+    }
+
+    /// The trace id (valid for every request).
+    pub fn trace_id(&self) -> TraceId {
+        self.trace_id
+    }
+
+    /// Names the server span after the matched route (`GET orders`), as `http.route` does.
+    pub fn set_route(&self, method: &str, route: &str, cluster: &str) {
+        if let Some(cx) = &self.server {
+            let span = cx.span();
+            span.update_name(format!("{method} {route}"));
+            span.set_attribute(KeyValue::new("http.route", route.to_owned()));
+            span.set_attribute(KeyValue::new("gateway.route", route.to_owned()));
+            span.set_attribute(KeyValue::new("gateway.cluster", cluster.to_owned()));
+        }
+    }
+
+    /// The context the upstream receives: the attempt span's, else the incoming one.
+    fn upstream_context(&self) -> SpanContext {
+        if let Some(cx) = self.attempt.as_ref().or(self.server.as_ref()) {
+            return cx.span().span_context().clone();
+        }
+        self.incoming.clone()
+    }
+
+    /// `traceparent` (and `tracestate`, when there is one) for the upstream request.
+    pub fn upstream_headers(&self) -> (Option<HeaderValue>, Option<HeaderValue>) {
+        let sc = self.upstream_context();
+        if !sc.is_valid() {
+            return (None, None);
+        }
+        let parent = format!(
+            "00-{}-{}-{:02x}",
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags().to_u8()
+        );
+        let state = sc.trace_state().header();
+        (
+            HeaderValue::from_str(&parent).ok(),
+            (!state.is_empty())
+                .then(|| HeaderValue::from_str(&state).ok())
+                .flatten(),
+        )
+    }
+
+    /// Opens the span of one upstream attempt.
+    pub fn attempt_started(
+        &mut self,
+        cluster: &str,
+        endpoint: SocketAddr,
+        attempt: u32,
+        fallback_cluster: Option<&str>,
+    ) {
+        self.end_attempt(None);
+        let (Some(tracer), Some(server)) = (tracer(), &self.server) else {
+            return;
+        };
+        let mut attrs = vec![
+            KeyValue::new("gateway.cluster", cluster.to_owned()),
+            KeyValue::new("server.address", endpoint.ip().to_string()),
+            KeyValue::new("server.port", i64::from(endpoint.port())),
+            KeyValue::new("gateway.attempt", i64::from(attempt)),
+            KeyValue::new("gateway.retry", attempt > 1 && fallback_cluster.is_none()),
+        ];
+        if let Some(reason) = fallback_cluster {
+            attrs.push(KeyValue::new("gateway.fallback_cluster", true));
+            attrs.push(KeyValue::new("gateway.fallback_reason", reason.to_owned()));
+        }
+        let span = tracer
+            .span_builder(format!("upstream {cluster}"))
+            .with_kind(SpanKind::Client)
+            .with_attributes(attrs)
+            .start_with_context(tracer, server);
+        self.attempt = Some(server.with_span(span));
+    }
+
+    /// Records the attempt's response status (the span ends with the request).
+    pub fn attempt_answered(&self, status: u16, failed: bool) {
+        if let Some(cx) = &self.attempt {
+            let span = cx.span();
+            span.set_attribute(KeyValue::new(
+                "http.response.status_code",
+                i64::from(status),
+            ));
+            if failed {
+                span.set_status(Status::error(format!("status {status}")));
+            }
+        }
+    }
+
+    /// Ends the attempt's span, as failed with `error` when given.
+    pub fn end_attempt(&mut self, error: Option<&str>) {
+        if let Some(cx) = self.attempt.take() {
+            let span = cx.span();
+            if let Some(e) = error {
+                span.set_attribute(KeyValue::new("error.type", e.to_owned()));
+                span.set_status(Status::error(e.to_owned()));
+            }
+            span.end();
+        }
+    }
+
+    /// A span for something the gateway did in place of the upstream (a filter's answer, a
+    /// local fallback), from `started` to now.
+    pub fn local_span(&self, name: String, started: SystemTime, attrs: Vec<KeyValue>) {
+        let (Some(tracer), Some(server)) = (tracer(), &self.server) else {
+            return;
+        };
+        let mut span = tracer
+            .span_builder(name)
+            .with_kind(SpanKind::Internal)
+            .with_start_time(started)
+            .with_attributes(attrs)
+            .start_with_context(tracer, server);
+        opentelemetry::trace::Span::end(&mut span);
+    }
+
+    /// Ends the server span with the response status and, when the gateway answered itself,
+    /// its reason.
+    pub fn finish(&mut self, status: u16, reason: Option<&str>) {
+        self.end_attempt(None);
+        let Some(cx) = self.server.take() else {
+            return;
+        };
+        let span = cx.span();
+        if status != 0 {
+            span.set_attribute(KeyValue::new(
+                "http.response.status_code",
+                i64::from(status),
+            ));
+        }
+        if let Some(r) = reason {
+            span.set_attribute(KeyValue::new("gateway.reason", r.to_owned()));
+        }
+        if status >= 500 || status == 0 {
+            span.set_status(Status::error(reason.unwrap_or("no response").to_owned()));
+        }
+        span.end();
+    }
+}
+
+/// A start time `elapsed` before now.
+pub fn started_ago(elapsed: Duration) -> SystemTime {
+    SystemTime::now()
+        .checked_sub(elapsed)
+        .unwrap_or_else(SystemTime::now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    #[test]
+    fn export_follows_the_standard_variables() {
+        assert_eq!(export_wanted(env(&[])), Ok(false), "off by default");
+        let on = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")];
+        assert_eq!(export_wanted(env(&on)), Ok(true));
+        let off = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+            ("OTEL_SDK_DISABLED", "true"),
+        ];
+        assert_eq!(export_wanted(env(&off)), Ok(false));
+        let none = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+            ("OTEL_TRACES_EXPORTER", "none"),
+        ];
+        assert_eq!(export_wanted(env(&none)), Ok(false));
+        let grpc = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ];
+        let e = export_wanted(env(&grpc)).expect_err("grpc is not built in");
+        assert!(e.contains("http/protobuf"), "{e}");
+        let e = export_wanted(env(&[("OTEL_TRACES_EXPORTER", "zipkin")])).expect_err("zipkin");
+        assert!(e.contains("otlp"), "{e}");
+    }
+
+    #[test]
+    fn a_valid_traceparent_is_passed_on_and_a_missing_one_is_started() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            TRACEPARENT,
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        );
+        h.insert(TRACESTATE, HeaderValue::from_static("vendor=x"));
+        let t = RequestTrace::start(&h, "GET", "/", None, SystemTime::now());
+        assert_eq!(t.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let (parent, state) = t.upstream_headers();
+        assert_eq!(
+            parent.expect("traceparent"),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
+        assert_eq!(state.expect("tracestate"), "vendor=x");
+
+        let t = RequestTrace::start(&HeaderMap::new(), "GET", "/", None, SystemTime::now());
+        assert_ne!(t.trace_id(), TraceId::INVALID);
+        let (parent, state) = t.upstream_headers();
+        let parent = parent.expect("started");
+        let parts: Vec<&str> = parent.to_str().expect("ascii").split('-').collect();
+        assert_eq!(parts.len(), 4);
+        assert_eq!(parts[1], t.trace_id().to_string());
+        assert!(state.is_none());
+
+        // Garbage is replaced by a new trace, never passed on.
+        let mut bad = HeaderMap::new();
+        bad.insert(TRACEPARENT, HeaderValue::from_static("00-zz-yy-01"));
+        let t = RequestTrace::start(&bad, "GET", "/", None, SystemTime::now());
+        assert_ne!(t.trace_id(), TraceId::INVALID);
+    }
+}
