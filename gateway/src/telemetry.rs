@@ -101,9 +101,11 @@ fn tracer() -> Option<&'static SdkTracer> {
     TRACER.get()
 }
 
-struct Headers<'a>(&'a HeaderMap);
+/// Reads a trace context from `http` headers (the gateway's requests, axum and tonic).
+#[derive(Debug)]
+pub struct HeaderExtractor<'a>(pub &'a HeaderMap);
 
-impl Extractor for Headers<'_> {
+impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
         self.0.get(key).and_then(|v| v.to_str().ok())
     }
@@ -165,7 +167,7 @@ impl RequestTrace {
         started: SystemTime,
     ) -> Self {
         let parent = if headers.contains_key(TRACEPARENT) {
-            TraceContextPropagator::new().extract(&Headers(headers))
+            TraceContextPropagator::new().extract(&HeaderExtractor(headers))
         } else {
             Context::new()
         };

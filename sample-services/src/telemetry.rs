@@ -7,10 +7,11 @@
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
+use gateway::telemetry::HeaderExtractor;
 use http::HeaderMap;
 use opentelemetry::context::FutureExt as _;
 use opentelemetry::global::{self, BoxedTracer};
-use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::propagation::Injector;
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -50,17 +51,6 @@ fn tracer() -> BoxedTracer {
     global::tracer("sample-services")
 }
 
-struct Headers<'a>(&'a HeaderMap);
-
-impl Extractor for Headers<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(http::HeaderName::as_str).collect()
-    }
-}
-
 struct HeadersMut<'a>(&'a mut HeaderMap);
 
 impl Injector for HeadersMut<'_> {
@@ -94,7 +84,7 @@ pub async fn server_span(req: Request, next: Next) -> Response {
     if path == "/health" || path == "/__fault" {
         return next.run(req).await;
     }
-    let parent = global::get_text_map_propagator(|p| p.extract(&Headers(req.headers())));
+    let parent = global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(req.headers())));
     let grpc = is_grpc(req.headers());
     let method = req.method().as_str().to_owned();
     let (name, attrs) = if grpc {
