@@ -266,7 +266,7 @@ fn promtool_check(text: &str) -> bool {
 #[tokio::test]
 async fn prometheus_metrics_pass_the_format_check_and_count_what_happened() {
     let up = echo("catalog").await;
-    let dead = format!("127.0.0.1:{}", free_port());
+    let dead = dead_endpoint();
     let body = format!(
         "{}\
          [clusters.gone]\nendpoints = [\"{dead}\"]\n\
@@ -491,7 +491,7 @@ async fn spans_mark_retries_fallbacks_and_filter_answers() {
     let good = echo("good").await;
     let bad = echo("bad").await;
     bad.set_fault(Some(503), Duration::ZERO);
-    let dead = format!("127.0.0.1:{}", free_port());
+    let dead = dead_endpoint();
     let body = format!(
         "[clusters.mixed]\nendpoints = [\"{}\", \"{}\"]\nload_balancing = \"round_robin\"\n\
          [clusters.mixed.circuit_breaker]\nenabled = false\n\

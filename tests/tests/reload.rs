@@ -201,7 +201,7 @@ async fn a_bad_config_is_rejected_and_the_running_one_keeps_serving() {
 #[tokio::test]
 async fn state_of_untouched_clusters_and_filters_survives_and_changed_settings_apply() {
     let a = echo("a").await;
-    let dead = format!("127.0.0.1:{}", free_port());
+    let dead = dead_endpoint();
     let body = |other_path: &str, sleep_ms: u32| {
         format!(
             "[clusters.dead]\nendpoints = [\"{dead}\"]\n\

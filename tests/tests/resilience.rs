@@ -7,11 +7,6 @@ use std::time::{Duration, Instant};
 
 use harness::*;
 
-/// A loopback address nobody listens on (connections are refused).
-fn dead_endpoint() -> String {
-    format!("127.0.0.1:{}", free_port())
-}
-
 async fn breaker_state(http: &reqwest::Client, gw: &Gateway, cluster: &str) -> serde_json::Value {
     let (s, j) = get_json(http, &gw.admin_url(&format!("/breakers/{cluster}"))).await;
     assert_eq!(s, 200, "{j}");

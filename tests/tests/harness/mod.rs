@@ -667,6 +667,39 @@ impl Drop for Process {
     }
 }
 
+/// A loopback address that refuses connections for as long as this value lives: its port is
+/// bound, so no other process can take it, but never listened on. (A port that was merely free
+/// a moment ago can be taken by another test's server, which then answers instead.)
+#[derive(Debug)]
+pub struct DeadEndpoint {
+    _socket: socket2::Socket,
+    addr: SocketAddr,
+}
+
+/// A fresh [`DeadEndpoint`].
+pub fn dead_endpoint() -> DeadEndpoint {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    let addr = socket
+        .local_addr()
+        .expect("addr")
+        .as_socket()
+        .expect("inet");
+    DeadEndpoint {
+        _socket: socket,
+        addr,
+    }
+}
+
+impl std::fmt::Display for DeadEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.addr.fmt(f)
+    }
+}
+
 /// One span an [`OtlpCollector`] received.
 #[derive(Debug, Clone)]
 pub struct ReceivedSpan {
