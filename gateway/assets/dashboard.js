@@ -71,28 +71,79 @@ function queueRender() {
   }, 100);
 }
 
+// With [admin] token set, open the dashboard as /dashboard#token=TOKEN: the token is kept in
+// this tab's sessionStorage and sent as a bearer token; it never goes into a URL the server sees.
+const adminToken = (() => {
+  const m = location.hash.match(/token=([^&]+)/);
+  if (m) {
+    sessionStorage.setItem("gateway-admin-token", decodeURIComponent(m[1]));
+    history.replaceState(null, "", location.pathname);
+  }
+  return sessionStorage.getItem("gateway-admin-token");
+})();
+
+function authHeaders(extra = {}) {
+  return adminToken ? { ...extra, Authorization: `Bearer ${adminToken}` } : extra;
+}
+
+function onStreamData(data) {
+  try {
+    onObject(JSON.parse(data));
+  } catch (e) {
+    console.error("bad stream object", e);
+  }
+}
+
 function connect() {
   const status = document.getElementById("stream-status");
-  const source = new EventSource("/hystrix.stream");
-  source.onopen = () => {
+  const up = () => {
     status.textContent = "stream: live";
     status.className = "stream up";
   };
-  source.onmessage = (ev) => {
-    try {
-      onObject(JSON.parse(ev.data));
-    } catch (e) {
-      console.error("bad stream object", e);
-    }
-  };
-  source.onerror = () => {
+  const down = () => {
     status.textContent = "stream: reconnecting";
     status.className = "stream down";
   };
+  if (!adminToken) {
+    const source = new EventSource("/hystrix.stream");
+    source.onopen = up;
+    source.onmessage = (ev) => onStreamData(ev.data);
+    source.onerror = down;
+    return;
+  }
+  // EventSource cannot send a bearer token: read the event stream with fetch.
+  (async () => {
+    for (;;) {
+      try {
+        const r = await fetch("/hystrix.stream", { headers: authHeaders(), cache: "no-store" });
+        if (!r.ok || !r.body) throw new Error(`stream ${r.status}`);
+        up();
+        const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+        let buf = "";
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buf += value;
+          let cut;
+          while ((cut = buf.indexOf("\n\n")) >= 0) {
+            const event = buf.slice(0, cut);
+            buf = buf.slice(cut + 2);
+            for (const line of event.split("\n")) {
+              if (line.startsWith("data:")) onStreamData(line.slice(5).trim());
+            }
+          }
+        }
+      } catch (e) {
+        console.error("stream", e);
+      }
+      down();
+      await new Promise((res) => setTimeout(res, 2000));
+    }
+  })();
 }
 
 async function getJson(path) {
-  const r = await fetch(path, { cache: "no-store" });
+  const r = await fetch(path, { cache: "no-store", headers: authHeaders() });
   return r.json();
 }
 
@@ -131,7 +182,10 @@ function clusterState(name) {
 }
 
 async function breakerAction(cluster, action) {
-  const r = await fetch(`/breakers/${encodeURIComponent(cluster)}/${action}`, { method: "POST" });
+  const r = await fetch(`/breakers/${encodeURIComponent(cluster)}/${action}`, {
+    method: "POST",
+    headers: authHeaders({ "X-Gateway-Admin": "1" }),
+  });
   const body = await r.json();
   if (!r.ok) alert(`${action} failed: ${body.reason || r.status}`);
   poll();

@@ -88,6 +88,9 @@ pub fn main_with(registry: &FilterRegistry) -> ExitCode {
                     c.routes.len(),
                     filters
                 );
+                for w in c.warnings() {
+                    eprintln!("{}: warning: {w}", config.display());
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

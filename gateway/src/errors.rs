@@ -2,6 +2,8 @@
 //! JSON body naming the route and the reason.
 
 use pingora::{Error, ErrorSource, ErrorType};
+
+use crate::edge::{HeadViolation, PathError};
 use serde::Serialize;
 
 /// Why the gateway answered a request itself instead of relaying an upstream response.
@@ -29,6 +31,12 @@ pub enum GatewayError {
     BadRequest,
     /// A bug or resource problem inside the gateway.
     Internal,
+    /// The request path cannot be normalized safely (400).
+    InvalidPath(PathError),
+    /// The request head broke a size limit (414 for the target, 431 for headers).
+    HeadTooLarge(HeadViolation),
+    /// The upstream's response head broke a size limit (502).
+    UpstreamHeadersTooLarge,
 }
 
 impl GatewayError {
@@ -62,8 +70,11 @@ impl GatewayError {
             Self::NoEndpoints | Self::CircuitOpen | Self::BulkheadFull => 503,
             Self::ConnectFailed | Self::UpstreamBroken | Self::UpstreamStatus => 502,
             Self::ConnectTimeout | Self::UpstreamTimeout => 504,
-            Self::BadRequest => 400,
+            Self::BadRequest | Self::InvalidPath(_) => 400,
             Self::Internal => 500,
+            Self::HeadTooLarge(HeadViolation::UriTooLong) => 414,
+            Self::HeadTooLarge(_) => 431,
+            Self::UpstreamHeadersTooLarge => 502,
         }
     }
 
@@ -81,6 +92,14 @@ impl GatewayError {
             Self::UpstreamStatus => "upstream_error_status",
             Self::BadRequest => "bad_request",
             Self::Internal => "internal_error",
+            Self::InvalidPath(_) => "invalid_path",
+            Self::HeadTooLarge(v) => match v {
+                HeadViolation::UriTooLong => "uri_too_long",
+                HeadViolation::HeaderTooLarge => "header_too_large",
+                HeadViolation::HeadersTooLarge => "request_headers_too_large",
+                HeadViolation::TooManyHeaders => "too_many_headers",
+            },
+            Self::UpstreamHeadersTooLarge => "upstream_headers_too_large",
         }
     }
 
@@ -98,6 +117,24 @@ impl GatewayError {
             Self::UpstreamStatus => "the upstream answered with an error",
             Self::BadRequest => "the request could not be proxied",
             Self::Internal => "internal gateway error",
+            Self::InvalidPath(e) => e.reason(),
+            Self::HeadTooLarge(v) => match v {
+                HeadViolation::UriTooLong => {
+                    "the request target is longer than the gateway accepts"
+                }
+                HeadViolation::HeaderTooLarge => {
+                    "a request header line is longer than the gateway accepts"
+                }
+                HeadViolation::HeadersTooLarge => {
+                    "the request headers together are larger than the gateway accepts"
+                }
+                HeadViolation::TooManyHeaders => {
+                    "the request has more header lines than the gateway accepts"
+                }
+            },
+            Self::UpstreamHeadersTooLarge => {
+                "the upstream response headers are larger than the gateway accepts"
+            }
         }
     }
 

@@ -11,6 +11,7 @@ mod builder;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod edge;
 pub mod errors;
 pub mod fallback;
 mod filtering;

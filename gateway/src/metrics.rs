@@ -49,6 +49,7 @@ pub struct Metrics {
     retries: IntCounterVec,
     fallbacks: IntCounterVec,
     filter_rejections: IntCounterVec,
+    edge_refusals: IntCounterVec,
     attempts: IntCounterVec,
     upstream_duration: HistogramVec,
     bulkhead_rejections: IntCounterVec,
@@ -116,6 +117,7 @@ impl Metrics {
             retries: family!(reg, IntCounterVec, "gateway_retries_total", "Retry attempts made (each one allowed by the policy and the retry budget).", &["route", "cluster"]),
             fallbacks: family!(reg, IntCounterVec, "gateway_fallbacks_total", "Fallbacks by kind (static, last_good, cluster) and result (success, failure: wanted but could not answer).", &["route", "kind", "result"]),
             filter_rejections: family!(reg, IntCounterVec, "gateway_filter_rejections_total", "Requests a filter answered itself (jwt 401, rate_limit 429, ...), by filter and status.", &["route", "filter", "status"]),
+            edge_refusals: family!(reg, IntCounterVec, "gateway_edge_refusals_total", "Requests and connections refused by edge protection, by reason (invalid_path, uri_too_long, request_headers_too_large, header_timeout, listener_limit, client_limit, proxy_protocol, upstream_headers_too_large).", &["reason"]),
             attempts: family!(reg, IntCounterVec, "gateway_upstream_attempts_total", "Upstream attempts by outcome (success, failure, timeout).", &["cluster", "outcome"]),
             upstream_duration: histogram_family(reg, "gateway_upstream_duration_seconds", "Time from an attempt's start to the upstream's response headers (or its failure).", &["cluster"]),
             bulkhead_rejections: family!(reg, IntCounterVec, "gateway_bulkhead_rejections_total", "Requests the cluster's bulkhead refused (full, or the queue wait ran out).", &["cluster"]),
@@ -196,6 +198,11 @@ impl Metrics {
             .copied()
             .unwrap_or("none");
         self.requests.with_label_values(&["-", "-", class]).inc();
+    }
+
+    /// Counts a request or connection refused by edge protection.
+    pub fn edge_refusal(&self, reason: &str) {
+        self.edge_refusals.with_label_values(&[reason]).inc();
     }
 
     /// Counts a request a filter answered itself.

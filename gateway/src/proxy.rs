@@ -20,6 +20,7 @@ use resilience::{BulkheadPermit, Event, Outcome, Permit};
 
 use crate::cluster::{Cluster, Picked};
 use crate::config::{HashKey, RetryPolicy};
+use crate::edge::{HeadLimits, Screen};
 use crate::errors::GatewayError;
 use crate::fallback::{self, Capture, Failure, LastGood};
 use crate::metrics::{RequestEvents, RouteInFlight};
@@ -31,6 +32,7 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 /// Longest client-supplied request id that is passed on; longer ones are replaced.
 const MAX_REQUEST_ID: usize = 128;
 /// Attempts pingora may make per request: 10 retries (the config maximum), a fallback cluster,
@@ -57,7 +59,14 @@ pub struct RequestCtx {
     route: Option<usize>,
     picked: Option<Picked>,
     request_id: Option<HeaderValue>,
+    /// The client: the socket peer, the PROXY protocol source, or what a trusted proxy
+    /// reported.
     client_ip: Option<IpAddr>,
+    /// The socket peer (or PROXY protocol source) and whether it is a trusted proxy.
+    peer: Option<IpAddr>,
+    peer_trusted: bool,
+    /// The listener's limits for the upstream response head.
+    limits: HeadLimits,
     tls: bool,
     started: Instant,
     error: Option<GatewayError>,
@@ -425,6 +434,58 @@ async fn send_reply(
 }
 
 impl GatewayProxy {
+    /// Screens the request head before anything else (limits, path normalization, client
+    /// address; [`crate::edge::screen`]). Returns `Some` when the gateway answered it.
+    async fn screen(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<Option<bool>> {
+        let local = session
+            .digest()
+            .and_then(|d| d.socket_digest.as_ref())
+            .and_then(|s| s.local_addr())
+            .and_then(|a| a.as_inet())
+            .copied();
+        let runtime = ctx.runtime.clone();
+        let edge = runtime.listener_edge(local);
+        ctx.limits = edge.limits;
+        if !self.state.is_draining() {
+            let idle = edge.idle_timeout.as_secs();
+            session.set_keepalive((idle > 0).then_some(idle));
+        }
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        ctx.peer = peer;
+        ctx.client_ip = peer;
+        let error = match crate::edge::screen(session.req_header_mut(), peer, edge) {
+            Screen::Pass(client) => {
+                if peer.is_some() {
+                    ctx.client_ip = Some(client.ip);
+                }
+                ctx.peer_trusted = client.peer_trusted;
+                return Ok(None);
+            }
+            Screen::Redirect(location) => {
+                let mut resp = http::Response::new(Bytes::new());
+                *resp.status_mut() = http::StatusCode::TEMPORARY_REDIRECT;
+                if let Ok(v) = HeaderValue::from_str(&location) {
+                    resp.headers_mut().insert(http::header::LOCATION, v);
+                }
+                send_reply(session, ctx, resp).await?;
+                return Ok(Some(true));
+            }
+            Screen::Refuse(crate::edge::screen::Refusal::Path(e)) => GatewayError::InvalidPath(e),
+            Screen::Refuse(crate::edge::screen::Refusal::Limit(v)) => {
+                // The rest of an oversized head is not worth reading: close after answering.
+                session.set_keepalive(None);
+                GatewayError::HeadTooLarge(v)
+            }
+        };
+        crate::metrics::metrics().edge_refusal(error.code());
+        ctx.error = Some(error);
+        respond(session, ctx, error).await?;
+        Ok(Some(true))
+    }
+
     /// Answers a failed upstream call with the route's local fallback (last good response,
     /// then the static one) when it covers the failure; returns the status sent.
     async fn try_fallback(
@@ -500,6 +561,9 @@ impl ProxyHttp for GatewayProxy {
             picked: None,
             request_id: None,
             client_ip: None,
+            peer: None,
+            peer_trusted: false,
+            limits: HeadLimits::default(),
             tls: false,
             started: Instant::now(),
             error: None,
@@ -522,10 +586,9 @@ impl ProxyHttp for GatewayProxy {
             // reusing a connection that is about to be closed.
             session.set_keepalive(None);
         }
-        ctx.client_ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
+        if let Some(answered) = self.screen(session, ctx).await? {
+            return Ok(answered);
+        }
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let req = session.req_header();
         let incoming_id = req
@@ -806,12 +869,17 @@ impl ProxyHttp for GatewayProxy {
                 upstream.set_uri(uri);
             }
         }
-        if let Some(ip) = ctx.client_ip {
-            let xff = appended(
-                upstream.headers.get(X_FORWARDED_FOR),
-                ip.to_string().as_bytes(),
-            );
-            if let Some(v) = xff {
+        if let Some(peer) = ctx.peer {
+            // A trusted proxy's chain is passed on with the proxy appended; an untrusted
+            // client's forwarding headers are dropped, so the upstream is not fooled either.
+            let previous = if ctx.peer_trusted {
+                upstream.headers.get(X_FORWARDED_FOR)
+            } else {
+                upstream.remove_header(&http::header::FORWARDED);
+                upstream.remove_header(&X_REAL_IP);
+                None
+            };
+            if let Some(v) = appended(previous, peer.to_string().as_bytes()) {
                 upstream.insert_header(X_FORWARDED_FOR, v)?;
             }
         }
@@ -859,6 +927,24 @@ impl ProxyHttp for GatewayProxy {
             return Ok(());
         };
         let now = Instant::now();
+        if let Err(why) = ctx.limits.check_response(&resp.headers) {
+            // Counted as the upstream's failure; never relayed, never retried.
+            tracing::debug!(
+                reason = why,
+                cluster = cluster.name(),
+                "upstream response head refused"
+            );
+            crate::metrics::metrics().edge_refusal("upstream_headers_too_large");
+            let latency = ctx
+                .call
+                .attempt_started
+                .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
+            attempt_failed(ctx, Outcome::Failure, Failure::Status(502), now);
+            ctx.call.upstream_time = Some(latency);
+            ctx.call.status_retry = Some(false);
+            ctx.error = Some(GatewayError::UpstreamHeadersTooLarge);
+            return Err(Error::explain(ErrorType::HTTPStatus(502), why));
+        }
         let status = resp.status.as_u16();
         let failed = cluster
             .spec()

@@ -62,9 +62,29 @@ pub struct Runtime {
     pub kept_filters: HashMap<Arc<str>, Arc<dyn Filter>>,
     /// The Consul settings the clusters' watches use.
     pub consul: Option<discovery::consul::ConsulConfig>,
+    /// Each listener's edge settings, by its address.
+    pub listeners: Vec<(std::net::SocketAddr, crate::edge::ListenerEdge)>,
+    /// The edge settings for a connection whose listener is unknown.
+    pub default_edge: crate::edge::ListenerEdge,
+    /// The admin API's settings (its lock reads the token and allowed hosts from here).
+    pub admin: crate::config::AdminSettings,
 }
 
 impl Runtime {
+    /// The edge settings of the listener a connection arrived on (its local address; a
+    /// wildcard listener matches by port).
+    pub fn listener_edge(&self, local: Option<std::net::SocketAddr>) -> &crate::edge::ListenerEdge {
+        let Some(local) = local else {
+            return &self.default_edge;
+        };
+        self.listeners
+            .iter()
+            .find(|(a, _)| {
+                a.port() == local.port() && (a.ip().is_unspecified() || a.ip() == local.ip())
+            })
+            .map_or(&self.default_edge, |(_, e)| e)
+    }
+
     /// Builds the first snapshot; clusters start empty and are filled by
     /// [`Runtime::discovery_watches`].
     pub fn build(config: &Config) -> Self {
@@ -170,6 +190,13 @@ impl Runtime {
             default_chain: FilterChain::new(global),
             kept_filters,
             consul: config.consul.clone(),
+            listeners: config
+                .listeners
+                .iter()
+                .map(|l| (l.address, l.edge.clone()))
+                .collect(),
+            default_edge: crate::edge::ListenerEdge::default(),
+            admin: config.admin.clone(),
         }
     }
 

@@ -10,13 +10,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
-use pingora::proxy::ProxyServiceBuilder;
 use pingora::server::configuration::Opt;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{ExecutionPhase, RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
 
 use crate::config::{Config, ListenerSpec, ServerSettings};
+use crate::edge::{EdgeApp, ProxyProtocolTls};
 use crate::proxy::GatewayProxy;
 use crate::reload::Reloader;
 use crate::runtime::{GatewayState, Runtime};
@@ -70,6 +71,10 @@ pub fn run(
     exit_hook: Option<ExitHook>,
 ) -> Result<(), StartError> {
     let admin_listener = bind_admin(config.admin.address, upgrade)?;
+    let status_listener = match config.admin.status_address {
+        Some(address) => Some(bind_admin(address, upgrade)?),
+        None => None,
+    };
     // pingora binds the proxy listeners itself (with SO_REUSEADDR); a probe bind here turns a
     // busy port into a clear error instead of a failure deep inside the server. During an
     // upgrade the old process holds the ports it hands over.
@@ -87,6 +92,9 @@ pub fn run(
         }
     }
 
+    for w in config.warnings() {
+        tracing::warn!("{w}");
+    }
     let runtime = Runtime::build(&config);
     match &config.consul {
         Some(c) => {
@@ -140,14 +148,28 @@ pub fn run(
         }
         let mut options = HttpServerOptions::default();
         options.h2c = h2c;
-        let mut service = ProxyServiceBuilder::new(&conf, GatewayProxy::new(state.clone()))
-            .name(if h2c {
-                "gateway proxy (h2c)"
+        options.h2_idle_timeout = Some(config.h2.idle_timeout);
+        let mut proxy = pingora::proxy::http_proxy(&conf, GatewayProxy::new(state.clone()));
+        proxy.server_options = Some(options);
+        proxy.h2_options = Some(config.h2.options());
+        // Connection-level protection (PROXY protocol, caps, the request-head deadline) sits
+        // in front of pingora's HTTP handling.
+        let mut service = Service::new(
+            if h2c {
+                "gateway proxy (h2c)".to_owned()
             } else {
-                "gateway proxy"
-            })
-            .server_options(options)
-            .build();
+                "gateway proxy".to_owned()
+            },
+            EdgeApp::new(proxy, state.clone()),
+        );
+        if group
+            .iter()
+            .any(|l| l.tls.is_some() && l.edge.proxy_protocol)
+        {
+            service
+                .endpoints()
+                .set_pre_tls_callback(Arc::new(ProxyProtocolTls::new(state.clone())));
+        }
         for l in group {
             let addr = l.address.to_string();
             match &l.tls {
@@ -164,14 +186,20 @@ pub fn run(
                     service.add_tls_with_settings(&addr, None, settings);
                 }
             }
-            tracing::info!(listener = %l.name, address = %l.address, tls = l.tls.is_some(), h2c = l.h2c, "listening");
+            tracing::info!(listener = %l.name, address = %l.address, tls = l.tls.is_some(), h2c = l.h2c, proxy_protocol = l.edge.proxy_protocol, "listening");
         }
         server.add_service(service);
     }
 
     server.add_service(background_service(
         "admin",
-        AdminService::new(admin_listener, state.clone(), reloader.clone(), phases),
+        AdminService::new(
+            admin_listener,
+            status_listener,
+            state.clone(),
+            reloader.clone(),
+            phases,
+        ),
     ));
     server.add_service(background_service(
         "control",
@@ -188,7 +216,10 @@ pub fn run(
             pid_file: config.server.pid_file.clone(),
         },
     ));
-    tracing::info!(admin = %config.admin.address, "admin API listening");
+    tracing::info!(admin = %config.admin.address, token = config.admin.token.is_some(), "admin API listening");
+    if let Some(status) = config.admin.status_address {
+        tracing::info!(%status, "read-only status listener (/metrics, /healthz, /readyz, /hystrix.stream)");
+    }
 
     // Everything that can fail has been built: only now is the old process asked to leave.
     if upgrade {
@@ -296,6 +327,7 @@ fn release_pid_file(pid_file: Option<&Path>) {
 
 struct AdminService {
     listener: Mutex<Option<StdTcpListener>>,
+    status_listener: Mutex<Option<StdTcpListener>>,
     state: Arc<GatewayState>,
     reloader: Arc<Reloader>,
     phases: Mutex<Option<tokio::sync::broadcast::Receiver<ExecutionPhase>>>,
@@ -304,12 +336,14 @@ struct AdminService {
 impl AdminService {
     fn new(
         listener: StdTcpListener,
+        status_listener: Option<StdTcpListener>,
         state: Arc<GatewayState>,
         reloader: Arc<Reloader>,
         phases: tokio::sync::broadcast::Receiver<ExecutionPhase>,
     ) -> Self {
         Self {
             listener: Mutex::new(Some(listener)),
+            status_listener: Mutex::new(status_listener),
             state,
             reloader,
             phases: Mutex::new(Some(phases)),
@@ -348,6 +382,30 @@ impl BackgroundService for AdminService {
         let Some(std_listener) = self.listener.lock().ok().and_then(|mut l| l.take()) else {
             return;
         };
+        let status = self
+            .status_listener
+            .lock()
+            .ok()
+            .and_then(|mut l| l.take())
+            .map(|l| {
+                l.set_nonblocking(true)
+                    .and_then(|()| tokio::net::TcpListener::from_std(l))
+            });
+        let status_task = match status {
+            Some(Ok(listener)) => {
+                let router = crate::admin::status_router(self.state.clone(), self.reloader.clone());
+                Some(tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, router).await {
+                        tracing::error!(error = %e, "status listener stopped");
+                    }
+                }))
+            }
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "status listener unusable");
+                None
+            }
+            None => None,
+        };
         let listener = std_listener
             .set_nonblocking(true)
             .and_then(|()| tokio::net::TcpListener::from_std(std_listener));
@@ -365,6 +423,9 @@ impl BackgroundService for AdminService {
                 }
             }
             Err(e) => tracing::error!(error = %e, "admin listener unusable"),
+        }
+        if let Some(t) = status_task {
+            t.abort();
         }
     }
 }

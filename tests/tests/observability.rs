@@ -155,6 +155,7 @@ async fn a_hystrix_stream_consumer_sees_the_circuit_open_when_its_upstream_fails
     // An operator's force-close shows in the stream too.
     let r = http
         .post(gw.admin_url("/breakers/titles/force_closed"))
+        .header("x-gateway-admin", "1")
         .send()
         .await
         .expect("force");
@@ -297,6 +298,7 @@ async fn prometheus_metrics_pass_the_format_check_and_count_what_happened() {
     // A rejected reload is counted and the generation stays.
     let r = http
         .post(gw.admin_url("/config"))
+        .header("x-gateway-admin", "1")
         .body("[[routes]]\nname = 1\n")
         .send()
         .await

@@ -24,6 +24,7 @@ fn version(a: &EchoServer, b: &EchoServer, to: &str, retries: u32, timeout_ms: u
 async fn post_config(http: &reqwest::Client, gw: &Gateway, text: &str) -> (u16, serde_json::Value) {
     let r = http
         .post(gw.admin_url("/config"))
+        .header("x-gateway-admin", "1")
         .body(text.to_owned())
         .send()
         .await
@@ -297,6 +298,7 @@ async fn sighup_reloads_the_file_and_rollback_restores_an_earlier_version() {
 
     let r = http
         .post(gw.admin_url("/config/rollback/1"))
+        .header("x-gateway-admin", "1")
         .send()
         .await
         .expect("admin");
@@ -312,6 +314,7 @@ async fn sighup_reloads_the_file_and_rollback_restores_an_earlier_version() {
 
     let r = http
         .post(gw.admin_url("/config/rollback/99"))
+        .header("x-gateway-admin", "1")
         .send()
         .await
         .expect("admin");

@@ -201,6 +201,7 @@ async fn operators_force_a_breaker_open_or_closed_and_reset_it() {
     let http = client();
     let act = |a: &str| {
         http.post(gw.admin_url(&format!("/breakers/svc/{a}")))
+            .header("x-gateway-admin", "1")
             .send()
     };
 
@@ -234,6 +235,7 @@ async fn operators_force_a_breaker_open_or_closed_and_reset_it() {
     assert_eq!(r.status(), 400);
     let r = http
         .post(gw.admin_url("/breakers/nope/reset"))
+        .header("x-gateway-admin", "1")
         .send()
         .await
         .expect("admin");

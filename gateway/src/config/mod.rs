@@ -4,7 +4,10 @@
 mod error;
 mod policy;
 mod raw;
+pub(crate) mod secrets;
 mod validate;
+
+pub use secrets::redact;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -43,6 +46,8 @@ pub struct Config {
     pub consul: Option<discovery::consul::ConsulConfig>,
     /// Which reload sources are active (`[reload]`).
     pub reload: ReloadSettings,
+    /// HTTP/2 server settings of every listener (`[http]`).
+    pub h2: crate::edge::H2Settings,
 }
 
 /// `[reload]`: where new versions of the config may come from.
@@ -102,6 +107,34 @@ pub struct ServerSettings {
 pub struct AdminSettings {
     /// Where the admin API listens (loopback by default).
     pub address: SocketAddr,
+    /// Bearer token every admin request but `/healthz` and `/readyz` must carry.
+    pub token: Option<SecretString>,
+    /// A read-only listener for `/metrics`, `/healthz`, `/readyz` and `/hystrix.stream`.
+    pub status_address: Option<SocketAddr>,
+    /// Host names the admin API answers to besides IP literals and `localhost`.
+    pub allowed_hosts: Vec<String>,
+}
+
+/// A secret resolved at load: never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretString(String);
+
+impl SecretString {
+    /// Wraps a secret value.
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    /// The secret itself, for comparison.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretString(<redacted>)")
+    }
 }
 
 /// Access-log line format.
@@ -133,6 +166,9 @@ pub struct ListenerSpec {
     pub h2c: bool,
     /// TLS certificate and key; HTTP/2 is offered via ALPN when set.
     pub tls: Option<TlsFiles>,
+    /// Path normalization, limits, deadlines, caps, client address (`[http]` and
+    /// `[listeners.http]`).
+    pub edge: crate::edge::ListenerEdge,
 }
 
 /// PEM files of a TLS listener.
@@ -262,6 +298,29 @@ impl Config {
         registry: &FilterRegistry,
     ) -> Result<Self, ConfigError> {
         validate::validate(text, source_name, registry)
+    }
+
+    /// Settings that are valid but unsafe at an edge, for `gateway check` and the start log.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.admin.address.ip().is_loopback() && self.admin.token.is_none() {
+            out.push(format!(
+                "the admin API listens on {}, which is not loopback, and has no token: anyone who \
+                 reaches it can replace the configuration; set [admin] token = \"${{env:GATEWAY_ADMIN_TOKEN}}\" \
+                 or listen on 127.0.0.1",
+                self.admin.address
+            ));
+        }
+        for l in &self.listeners {
+            if !l.edge.paths.normalize {
+                out.push(format!(
+                    "listener `{}` routes on the raw path (normalize_path = false): a route \
+                     boundary can be crossed with `..` or percent-encoding",
+                    l.name
+                ));
+            }
+        }
+        out
     }
 
     /// The cluster a route sends to.

@@ -29,6 +29,66 @@ pub(crate) struct RawConfig {
     /// Reload sources (`[reload]`).
     #[serde(default)]
     pub(crate) reload: RawReload,
+    /// Edge protection for every listener (`[http]`).
+    #[serde(default)]
+    pub(crate) http: RawHttp,
+}
+
+/// `[http]` (every listener) and `[listeners.http]` (one listener, over `[http]`): path
+/// normalization, head limits, deadlines, connection caps and the client address.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHttp {
+    pub(crate) normalize_path: Option<bool>,
+    pub(crate) merge_slashes: Option<bool>,
+    pub(crate) escaped_slashes: Option<Spanned<String>>,
+    pub(crate) max_uri_bytes: Option<Spanned<i64>>,
+    pub(crate) max_header_bytes: Option<Spanned<i64>>,
+    pub(crate) max_headers_bytes: Option<Spanned<i64>>,
+    pub(crate) max_headers: Option<Spanned<i64>>,
+    pub(crate) max_response_headers_bytes: Option<Spanned<i64>>,
+    pub(crate) max_response_headers: Option<Spanned<i64>>,
+    pub(crate) request_header_timeout_ms: Option<Spanned<i64>>,
+    pub(crate) idle_timeout_ms: Option<Spanned<i64>>,
+    pub(crate) max_connections: Option<Spanned<i64>>,
+    pub(crate) max_connections_per_client: Option<Spanned<i64>>,
+    pub(crate) trusted_proxies: Option<Vec<Spanned<String>>>,
+    pub(crate) xff_trusted_hops: Option<Spanned<i64>>,
+    pub(crate) forwarded_header: Option<Spanned<String>>,
+    // HTTP/2, process-wide (only in `[http]`).
+    pub(crate) h2_max_concurrent_streams: Option<Spanned<i64>>,
+    pub(crate) h2_max_reset_streams: Option<Spanned<i64>>,
+    pub(crate) h2_idle_timeout_ms: Option<Spanned<i64>>,
+}
+
+impl RawHttp {
+    /// `self` (a listener's table) over `base` (`[http]`), key by key.
+    pub(crate) fn over(&self, base: &RawHttp) -> RawHttp {
+        macro_rules! pick {
+            ($($f:ident),*) => { RawHttp { $($f: self.$f.clone().or_else(|| base.$f.clone()),)* } };
+        }
+        pick!(
+            normalize_path,
+            merge_slashes,
+            escaped_slashes,
+            max_uri_bytes,
+            max_header_bytes,
+            max_headers_bytes,
+            max_headers,
+            max_response_headers_bytes,
+            max_response_headers,
+            request_header_timeout_ms,
+            idle_timeout_ms,
+            max_connections,
+            max_connections_per_client,
+            trusted_proxies,
+            xff_trusted_hops,
+            forwarded_header,
+            h2_max_concurrent_streams,
+            h2_max_reset_streams,
+            h2_idle_timeout_ms
+        )
+    }
 }
 
 /// `[reload]`.
@@ -97,7 +157,13 @@ pub(crate) struct RawServer {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAdmin {
-    pub(crate) address: Spanned<String>,
+    pub(crate) address: Option<Spanned<String>>,
+    /// Bearer token for the admin API (`${env:VAR}` / `${file:PATH}` references).
+    pub(crate) token: Option<Spanned<String>>,
+    /// A read-only listener for `/metrics`, `/healthz`, `/readyz` and `/hystrix.stream`.
+    pub(crate) status_address: Option<Spanned<String>>,
+    /// Host names (besides IP literals and `localhost`) the admin API answers to.
+    pub(crate) allowed_hosts: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -115,6 +181,11 @@ pub(crate) struct RawListener {
     #[serde(default)]
     pub(crate) h2c: bool,
     pub(crate) tls: Option<RawTls>,
+    /// Every connection starts with a PROXY protocol v1/v2 header (an L4 balancer in front).
+    #[serde(default)]
+    pub(crate) proxy_protocol: bool,
+    /// This listener's own `[http]` settings.
+    pub(crate) http: Option<Spanned<RawHttp>>,
 }
 
 #[derive(Debug, Deserialize)]

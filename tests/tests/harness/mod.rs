@@ -126,13 +126,33 @@ impl Gateway {
         files: &[(&str, &[u8])],
         env: &[(String, String)],
     ) -> Self {
+        Self::start_edited(bin, body, files, env, |doc| doc).await
+    }
+
+    /// Like [`Gateway::start_env`] with the whole document passed through `edit` first (for
+    /// keys of the harness's own tables, such as `[admin]`).
+    pub async fn start_custom(
+        body: &str,
+        env: &[(String, String)],
+        edit: impl FnOnce(String) -> String,
+    ) -> Self {
+        Self::start_edited(gateway_bin(), body, &[], env, edit).await
+    }
+
+    async fn start_edited(
+        bin: &Path,
+        body: &str,
+        files: &[(&str, &[u8])],
+        env: &[(String, String)],
+        edit: impl FnOnce(String) -> String,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         for (name, content) in files {
             std::fs::write(dir.path().join(name), content).expect("write file");
         }
         let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let config = Self::document(http, admin, body);
+        let config = edit(Self::document(http, admin, body));
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, config).expect("write config");
         // Appending, so an upgraded process can share the file (see `Gateway::upgrade`).

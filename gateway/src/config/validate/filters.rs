@@ -42,12 +42,30 @@ pub(super) fn filter_list(
             );
             continue;
         };
-        let table: toml::Table = entry
-            .iter()
-            .filter(|(k, _)| k.get_ref() != "filter")
-            .map(|(k, v)| (k.get_ref().clone(), v.get_ref().clone()))
-            .collect();
-        let fingerprint = format!("{owner}\u{1f}{}\u{1f}{name}\u{1f}{table}", out.len());
+        let mut table = toml::Table::new();
+        let mut resolved = true;
+        for (k, v) in entry.iter().filter(|(k, _)| k.get_ref() != "filter") {
+            let mut value = v.get_ref().clone();
+            if let Err(e) = crate::config::secrets::resolve_value(&mut value, base_dir) {
+                issues.at(
+                    v.span(),
+                    format!("{owner} filter `{name}`, {}: {e}", k.get_ref()),
+                    "set the variable or create the file the reference names",
+                );
+                resolved = false;
+            }
+            table.insert(k.get_ref().clone(), value);
+        }
+        if !resolved {
+            continue;
+        }
+        // A digest, so that resolved secrets never sit in the fingerprint's text.
+        let fingerprint = {
+            use sha2::Digest;
+            let text = format!("{owner}\u{1f}{}\u{1f}{name}\u{1f}{table}", out.len());
+            let hash = sha2::Sha256::digest(text.as_bytes());
+            hash.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        };
         let settings = FilterSettings::new(table, base_dir);
         match registry.build(name, &settings) {
             Ok(f) => out.push(f.with_fingerprint(fingerprint)),

@@ -9,6 +9,7 @@ use http::HeaderValue;
 use toml::Spanned;
 
 mod cluster;
+mod edge;
 mod filters;
 mod policy;
 mod routes;
@@ -18,8 +19,6 @@ use super::raw::{RawConfig, RawListener};
 use super::*;
 use cluster::cluster_spec;
 use routes::routes;
-
-const DEFAULT_ADMIN: &str = "127.0.0.1:9901";
 
 pub(super) fn validate(
     text: &str,
@@ -31,15 +30,11 @@ pub(super) fn validate(
     let mut issues = Issues::new(text);
 
     let server = server_settings(&raw, base_dir, &mut issues);
-    let admin = AdminSettings {
-        address: match &raw.admin {
-            Some(a) => socket_addr(&a.address, "admin address", &mut issues),
-            None => DEFAULT_ADMIN.parse().ok(),
-        }
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9901))),
-    };
+    let admin = edge::admin_settings(raw.admin.as_ref(), base_dir, &mut issues);
     let access_log = access_log(&raw, &mut issues);
-    let listeners = listeners(&raw.listeners, admin.address, base_dir, &mut issues);
+    let listeners = listeners(&raw, admin.address, base_dir, &mut issues);
+    let global_edge = edge::listener_edge(&raw.http, false, &mut issues);
+    let h2 = edge::h2_settings(&raw.http, &global_edge, &mut issues);
     if raw.listeners.is_empty() {
         issues.at(
             0..0,
@@ -75,7 +70,12 @@ pub(super) fn validate(
         .iter()
         .any(|c| matches!(c.endpoints, EndpointSource::Consul(_)));
     let reload = reload_settings(&raw, &mut issues);
-    let consul = consul_settings(&raw, uses_consul || reload.consul_kv.is_some(), &mut issues);
+    let consul = consul_settings(
+        &raw,
+        uses_consul || reload.consul_kv.is_some(),
+        base_dir,
+        &mut issues,
+    );
 
     if !issues.is_empty() {
         return Err(issues.into_error(source_name));
@@ -90,6 +90,7 @@ pub(super) fn validate(
         clusters,
         routes,
         filters: global,
+        h2,
     })
 }
 
@@ -126,6 +127,7 @@ fn reload_settings(raw: &RawConfig, issues: &mut Issues<'_>) -> ReloadSettings {
 fn consul_settings(
     raw: &RawConfig,
     used: bool,
+    base_dir: &Path,
     issues: &mut Issues<'_>,
 ) -> Option<discovery::consul::ConsulConfig> {
     use discovery::consul::{parse_address, ConsulConfig};
@@ -157,14 +159,18 @@ fn consul_settings(
         }
     }
     if let Some(t) = &c.token {
-        if t.get_ref().trim().is_empty() {
-            issues.at(
+        match crate::config::secrets::resolve(t.get_ref(), base_dir) {
+            Ok(v) if v.trim().is_empty() => issues.at(
                 t.span(),
                 "the Consul token is empty",
                 "remove token (CONSUL_HTTP_TOKEN is used then) or set the ACL token",
-            );
-        } else {
-            config.token = Some(t.get_ref().trim().to_owned());
+            ),
+            Ok(v) => config.token = Some(v.trim().to_owned()),
+            Err(e) => issues.at(
+                t.span(),
+                format!("Consul token: {e}"),
+                "set the variable or create the file, or remove token (CONSUL_HTTP_TOKEN is used then)",
+            ),
         }
     }
     if let Some(dc) = &c.datacenter {
@@ -382,11 +388,12 @@ fn socket_addr(v: &Spanned<String>, what: &str, issues: &mut Issues<'_>) -> Opti
 }
 
 fn listeners(
-    raw: &[Spanned<RawListener>],
+    config: &RawConfig,
     admin: SocketAddr,
     base: &Path,
     issues: &mut Issues<'_>,
 ) -> Vec<ListenerSpec> {
+    let raw: &[Spanned<RawListener>] = &config.listeners;
     let mut out: Vec<ListenerSpec> = Vec::new();
     for (i, l) in raw.iter().enumerate() {
         let span = l.span();
@@ -427,11 +434,20 @@ fn listeners(
             .name
             .as_ref()
             .map_or_else(|| format!("listener-{i}"), |n| n.get_ref().clone());
+        if let Some(h) = &l.http {
+            edge::refuse_global_only(h, &name, issues);
+        }
+        let merged = match &l.http {
+            Some(h) => h.get_ref().over(&config.http),
+            None => config.http.clone(),
+        };
+        let edge = edge::listener_edge(&merged, l.proxy_protocol, issues);
         out.push(ListenerSpec {
             name,
             address,
             h2c: l.h2c,
             tls,
+            edge,
         });
     }
     out

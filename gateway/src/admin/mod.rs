@@ -17,8 +17,39 @@ use crate::hystrix::HystrixStream;
 use crate::reload::{Outcome, Reloader};
 use crate::runtime::GatewayState;
 
-/// The admin router over shared state and the reloader.
+mod guard;
+
+pub use guard::ADMIN_HEADER;
+
+/// The admin router over shared state and the reloader, behind the admin lock
+/// ([`guard`]: allowed hosts, the bearer token, the CSRF check).
 pub fn router(state: Arc<GatewayState>, reloader: Arc<Reloader>) -> Router {
+    unguarded(state.clone(), reloader)
+        .layer(axum::middleware::from_fn_with_state(state, guard::guard))
+}
+
+/// The read-only status listener (`[admin] status_address`): `/metrics`, `/healthz`,
+/// `/readyz` and `/hystrix.stream`, nothing that changes or reveals configuration.
+pub fn status_router(state: Arc<GatewayState>, reloader: Arc<Reloader>) -> Router {
+    let stream = Arc::new(HystrixStream::new(state.clone()));
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state((state.clone(), reloader))
+        .merge(
+            Router::new()
+                .route("/hystrix.stream", get(hystrix_stream))
+                .with_state(stream),
+        )
+        .merge(
+            Router::new()
+                .route("/healthz", get(healthz))
+                .route("/readyz", get(readyz))
+                .fallback(not_found)
+                .with_state(state),
+        )
+}
+
+fn unguarded(state: Arc<GatewayState>, reloader: Arc<Reloader>) -> Router {
     Router::new()
         .route("/config", get(config_status).post(config_apply))
         .route("/config/reload", post(config_reload))
@@ -61,9 +92,9 @@ fn observability_router(state: Arc<GatewayState>, reloader: Arc<Reloader>) -> Ro
 }
 
 // The dashboard: plain static files bundled into the binary (no build step).
-const DASHBOARD_HTML: &str = include_str!("../assets/dashboard.html");
-const DASHBOARD_JS: &str = include_str!("../assets/dashboard.js");
-const DASHBOARD_CSS: &str = include_str!("../assets/dashboard.css");
+const DASHBOARD_HTML: &str = include_str!("../../assets/dashboard.html");
+const DASHBOARD_JS: &str = include_str!("../../assets/dashboard.js");
+const DASHBOARD_CSS: &str = include_str!("../../assets/dashboard.css");
 
 async fn asset(content_type: &'static str, body: &'static str) -> Response {
     (
@@ -264,7 +295,8 @@ async fn config_version_text(
     {
         Some(v) => (
             [(axum::http::header::CONTENT_TYPE, "application/toml")],
-            v.text.to_string(),
+            // Secrets written inline are never served back.
+            crate::config::redact(&v.text),
         )
             .into_response(),
         None => unknown_generation(&reloader, generation),

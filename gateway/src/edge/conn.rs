@@ -1,0 +1,520 @@
+//! Per-connection protection in front of pingora's HTTP handling: the PROXY protocol header,
+//! connection caps per listener and per client address, and a deadline for each request
+//! head (slow senders are closed, nginx's `client_header_timeout`).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::listeners::PreTlsProcess;
+use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::tls::SslDigest;
+use pingora::protocols::{GetProxyDigest, GetSocketDigest, GetTimingDigest};
+use pingora::protocols::{Peek, Shutdown, Ssl, Stream, UniqueID, UniqueIDType, ALPN};
+use pingora::protocols::{SocketDigest, TimingDigest};
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use super::proxy_protocol;
+use super::ListenerEdge;
+use crate::runtime::GatewayState;
+
+/// Open connections per listener and per (listener, client address).
+#[derive(Debug, Default)]
+struct ConnCounts {
+    per_listener: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>>>,
+    per_client: Mutex<HashMap<(SocketAddr, IpAddr), usize>>,
+}
+
+/// Holds one connection in its counts until dropped.
+#[derive(Debug)]
+struct ConnSlot {
+    counts: Arc<ConnCounts>,
+    listener: SocketAddr,
+    listener_count: Arc<AtomicUsize>,
+    client: Option<IpAddr>,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.listener_count.fetch_sub(1, Ordering::AcqRel);
+        if let Some(ip) = self.client {
+            if let Ok(mut map) = self.counts.per_client.lock() {
+                let key = (self.listener, ip);
+                if let Some(n) = map.get_mut(&key) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        map.remove(&key);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Why a connection was refused before any request was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    ListenerFull,
+    ClientFull,
+}
+
+impl ConnCounts {
+    fn admit(
+        self: &Arc<Self>,
+        listener: SocketAddr,
+        client: Option<IpAddr>,
+        edge: &ListenerEdge,
+    ) -> Result<ConnSlot, Refusal> {
+        let listener_count = {
+            let mut map = self
+                .per_listener
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            map.entry(listener).or_default().clone()
+        };
+        let now = listener_count.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut slot = ConnSlot {
+            counts: self.clone(),
+            listener,
+            listener_count,
+            client: None,
+        };
+        if edge.max_connections > 0 && now > edge.max_connections {
+            return Err(Refusal::ListenerFull);
+        }
+        if let (Some(ip), true) = (client, edge.max_connections_per_client > 0) {
+            let mut map = self
+                .per_client
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let n = map.entry((listener, ip)).or_insert(0);
+            if *n >= edge.max_connections_per_client {
+                return Err(Refusal::ClientFull);
+            }
+            *n += 1;
+            slot.client = Some(ip);
+        }
+        Ok(slot)
+    }
+}
+
+/// The pingora application of a proxy service: connection-level protection, then the HTTP
+/// proxy `A`. Listener settings are read from the current runtime snapshot on each connection,
+/// so a reload changes them for new connections.
+pub struct EdgeApp<A> {
+    inner: Arc<A>,
+    state: Arc<GatewayState>,
+    counts: Arc<ConnCounts>,
+}
+
+impl<A> std::fmt::Debug for EdgeApp<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EdgeApp").finish_non_exhaustive()
+    }
+}
+
+impl<A> EdgeApp<A> {
+    /// Wraps the HTTP application `inner`.
+    pub fn new(inner: A, state: Arc<GatewayState>) -> Self {
+        Self {
+            inner: Arc::new(inner),
+            state,
+            counts: Arc::default(),
+        }
+    }
+}
+
+fn inet(addr: Option<&PingoraAddr>) -> Option<SocketAddr> {
+    addr.and_then(|a| a.as_inet()).copied()
+}
+
+/// A socket digest naming `client` as the peer (the PROXY protocol source).
+fn digest_with_client(
+    fd: RawFd,
+    old: Option<Arc<SocketDigest>>,
+    client: SocketAddr,
+) -> SocketDigest {
+    let digest = SocketDigest::from_raw_fd(fd);
+    let _ = digest.peer_addr.set(Some(PingoraAddr::Inet(client)));
+    if let Some(local) = old.as_ref().and_then(|o| o.local_addr().cloned()) {
+        let _ = digest.local_addr.set(Some(local));
+    }
+    digest
+}
+
+const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: ";
+
+async fn refuse(mut stream: Stream, why: Refusal) {
+    let reason = match why {
+        Refusal::ListenerFull => "too_many_connections",
+        Refusal::ClientFull => "too_many_connections_from_client",
+    };
+    let body = format!(
+        "{{\"error\":\"{reason}\",\"status\":503,\"reason\":\"the connection limit is reached; retry later\"}}"
+    );
+    let mut out = REFUSED.to_vec();
+    out.extend_from_slice(format!("{}\r\n\r\n{body}", body.len()).as_bytes());
+    let write = async {
+        stream.write_all(&out).await?;
+        stream.flush().await?;
+        AsyncWriteExt::shutdown(&mut stream).await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+}
+
+#[async_trait]
+impl<A> ServerApp for EdgeApp<A>
+where
+    A: ServerApp + Send + Sync + 'static,
+{
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let runtime = self.state.runtime();
+        let socket = stream.get_socket_digest();
+        let local = inet(socket.as_ref().and_then(|d| d.local_addr()));
+        let edge = runtime.listener_edge(local);
+        // On TLS listeners the header was read before the handshake ([`ProxyProtocolTls`]).
+        if edge.proxy_protocol && stream.get_ssl_digest().is_none() {
+            let deadline = edge.header_deadline();
+            let read = tokio::time::timeout(deadline, proxy_protocol::read_header(&mut stream));
+            match read.await {
+                Ok(Ok(Some(client))) => {
+                    let fd = stream
+                        .as_any()
+                        .downcast_ref::<L4Stream>()
+                        .map(AsRawFd::as_raw_fd);
+                    if let Some(fd) = fd {
+                        stream.set_socket_digest(digest_with_client(fd, socket.clone(), client));
+                    }
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => {
+                    crate::metrics::metrics().edge_refusal("proxy_protocol");
+                    tracing::debug!(error = %e, "connection closed: PROXY protocol");
+                    return None;
+                }
+                Err(_) => {
+                    crate::metrics::metrics().edge_refusal("proxy_protocol");
+                    tracing::debug!("connection closed: no PROXY protocol header in time");
+                    return None;
+                }
+            }
+        }
+        let client = inet(
+            stream
+                .get_socket_digest()
+                .as_ref()
+                .and_then(|d| d.peer_addr()),
+        )
+        .map(|a| a.ip());
+        let listener = local.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let _slot = match self.counts.admit(listener, client, edge) {
+            Ok(slot) => slot,
+            Err(why) => {
+                crate::metrics::metrics().edge_refusal(match why {
+                    Refusal::ListenerFull => "listener_limit",
+                    Refusal::ClientFull => "client_limit",
+                });
+                tracing::debug!(?why, client = ?client, "connection refused");
+                refuse(stream, why).await;
+                return None;
+            }
+        };
+        let timeout = edge.request_header_timeout;
+        drop(runtime);
+        let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
+        let stream: Stream = if timeout.is_zero() || h2 {
+            stream
+        } else {
+            Box::new(HeadDeadline::new(stream, timeout))
+        };
+        self.inner.process_new(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await;
+    }
+}
+
+/// Reads the PROXY protocol header before the TLS handshake on listeners that ask for it.
+#[derive(Debug)]
+pub struct ProxyProtocolTls {
+    state: Arc<GatewayState>,
+}
+
+impl ProxyProtocolTls {
+    /// Over the gateway's live listener settings.
+    pub fn new(state: Arc<GatewayState>) -> Self {
+        Self { state }
+    }
+}
+
+#[async_trait]
+impl PreTlsProcess for ProxyProtocolTls {
+    async fn process(&self, stream: &mut L4Stream) -> pingora::Result<()> {
+        let socket = stream.get_socket_digest();
+        let local = inet(socket.as_ref().and_then(|d| d.local_addr()));
+        let (enabled, deadline) = {
+            let runtime = self.state.runtime();
+            let edge = runtime.listener_edge(local);
+            (edge.proxy_protocol, edge.header_deadline())
+        };
+        if !enabled {
+            return Ok(());
+        }
+        let refused = |what: String| {
+            crate::metrics::metrics().edge_refusal("proxy_protocol");
+            pingora::Error::explain(pingora::ErrorType::AcceptError, what)
+        };
+        match tokio::time::timeout(deadline, proxy_protocol::read_header(stream)).await {
+            Ok(Ok(Some(client))) => {
+                let fd = stream.as_raw_fd();
+                stream.set_socket_digest(digest_with_client(fd, socket, client));
+                Ok(())
+            }
+            Ok(Ok(None)) => Ok(()),
+            Ok(Err(e)) => Err(refused(e.to_string())),
+            Err(_) => Err(refused("no PROXY protocol header in time".into())),
+        }
+    }
+}
+
+/// Where a connection is in its request/response cycle, for the head deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading a request head: the deadline runs.
+    Head,
+    /// The head arrived; the body and the response follow (no deadline).
+    Body,
+    /// A response was written; the next byte read starts the next head.
+    Idle,
+    /// HTTP/2 (or another binary protocol): no head deadline.
+    Off,
+}
+
+/// A stream that fails reads with `TimedOut` when a request head takes longer than the
+/// deadline to arrive in full. The head's end is found by scanning for the empty line
+/// (`\n\r\n` or `\n\n`), only while a head is being read.
+#[derive(Debug)]
+struct HeadDeadline {
+    inner: Stream,
+    timeout: Duration,
+    phase: Phase,
+    /// Progress towards the empty line: 1 after `\n`, 2 after `\n\r`.
+    eol: u8,
+    /// No byte was read yet (an HTTP/2 preface turns the deadline off).
+    first: bool,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl HeadDeadline {
+    fn new(inner: Stream, timeout: Duration) -> Self {
+        Self {
+            inner,
+            timeout,
+            phase: Phase::Head,
+            eol: 0,
+            first: true,
+            sleep: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+
+    fn saw(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        if std::mem::take(&mut self.first) && bytes.starts_with(b"PRI * HTTP/2") {
+            self.phase = Phase::Off;
+            return;
+        }
+        if self.phase == Phase::Idle {
+            self.phase = Phase::Head;
+            self.eol = 0;
+            self.sleep.as_mut().reset(Instant::now() + self.timeout);
+        }
+        if self.phase != Phase::Head {
+            return;
+        }
+        for &b in bytes {
+            self.eol = match (b, self.eol) {
+                (b'\n', 1 | 2) => {
+                    self.phase = Phase::Body;
+                    return;
+                }
+                (b'\n', _) => 1,
+                (b'\r', 1) => 2,
+                _ => 0,
+            };
+        }
+    }
+}
+
+fn head_timeout() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "the request head did not arrive in time",
+    )
+}
+
+impl AsyncRead for HeadDeadline {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if matches!(this.phase, Phase::Head | Phase::Idle) {
+                    this.saw(buf.filled().get(before..).unwrap_or_default());
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                if this.phase == Phase::Head && this.sleep.as_mut().poll(cx).is_ready() {
+                    crate::metrics::metrics().edge_refusal("header_timeout");
+                    return Poll::Ready(Err(head_timeout()));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl AsyncWrite for HeadDeadline {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) && this.phase == Phase::Body {
+            this.phase = Phase::Idle;
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) && this.phase == Phase::Body {
+            this.phase = Phase::Idle;
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl Shutdown for HeadDeadline {
+    async fn shutdown(&mut self) {
+        Shutdown::shutdown(&mut *self.inner).await;
+    }
+}
+
+impl UniqueID for HeadDeadline {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for HeadDeadline {
+    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for HeadDeadline {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for HeadDeadline {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest);
+    }
+}
+
+impl GetSocketDigest for HeadDeadline {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest);
+    }
+}
+
+#[async_trait]
+impl Peek for HeadDeadline {
+    /// pingora peeks for the HTTP/2 preface on h2c listeners; a client that sends less and
+    /// waits is held to the head deadline too.
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        if self.phase != Phase::Head {
+            return self.inner.try_peek(buf).await;
+        }
+        let deadline = self.sleep.deadline();
+        match tokio::time::timeout_at(deadline, self.inner.try_peek(buf)).await {
+            Ok(r) => r,
+            Err(_) => {
+                crate::metrics::metrics().edge_refusal("header_timeout");
+                Err(head_timeout())
+            }
+        }
+    }
+}
