@@ -178,4 +178,51 @@ mod tests {
         );
         assert_eq!(Template::parse("a\nb"), Err(TemplateError::InvalidText));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn template_text() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                Just("${".to_owned()),
+                Just("}".to_owned()),
+                Just("$$".to_owned()),
+                Just("$".to_owned()),
+                Just("${client_ip}".to_owned()),
+                Just("${route}".to_owned()),
+                Just("${request_id}".to_owned()),
+                Just("${claim.".to_owned()),
+                Just("${header.".to_owned()),
+                "[a-z.-]{0,6}",
+                "\\PC{0,4}",
+            ];
+            proptest::collection::vec(piece, 0..10).prop_map(|v| v.concat())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1000))]
+
+            /// No input panics the parser, and whatever parses renders to a valid header value
+            /// or to nothing, for any request header value.
+            #[test]
+            fn parse_and_render_never_panic(text in template_text(), value in "\\PC{0,16}") {
+                if let Ok(t) = Template::parse(&text) {
+                    let ctx = FilterContext::new(
+                        Some("api".into()),
+                        Some([10, 0, 0, 1].into()),
+                        Some(HeaderValue::from_static("r-1")),
+                        false,
+                    );
+                    let (mut req, _) = http::Request::new(()).into_parts();
+                    if let Ok(v) = HeaderValue::from_str(&value) {
+                        req.headers.insert("x-a", v);
+                    }
+                    if let Some(out) = t.render(&req, &ctx) {
+                        prop_assert!(HeaderValue::from_bytes(out.as_bytes()).is_ok());
+                    }
+                }
+            }
+        }
+    }
 }

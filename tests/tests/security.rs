@@ -320,6 +320,64 @@ async fn http2_header_lists_are_bounded() {
     assert_eq!(up.hits(), 1);
 }
 
+#[tokio::test]
+async fn http2_rapid_reset_is_refused() {
+    let up = echo("up").await;
+    let gw = Gateway::start(&format!(
+        "h2c = true\n{}\n[[routes]]\nname = \"all\"\ncluster = \"echo\"\n",
+        cluster("echo", &[&up], "")
+    ))
+    .await;
+    let tcp = TcpStream::connect(gw.http).await.expect("connect");
+    let (mut h2c, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let conn = tokio::spawn(conn);
+    // CVE-2023-44487: open streams and cancel them at once, as fast as possible.
+    let mut opened = 0;
+    for i in 0..5000 {
+        h2c = match h2c.ready().await {
+            Ok(c) => c,
+            Err(_) => break,
+        };
+        let req = http::Request::get(format!("http://test/x?i={i}"))
+            .body(())
+            .expect("request");
+        match h2c.send_request(req, true) {
+            Ok((_answer, mut stream)) => {
+                stream.send_reset(h2::Reason::CANCEL);
+                opened += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("the server ends the connection")
+        .expect("connection task");
+    let err = ended.expect_err("the connection ends in an error, not cleanly");
+    // The server sends GOAWAY(ENHANCE_YOUR_CALM) and closes; the client sees the GOAWAY, or
+    // the closed socket under its still-buffered writes.
+    assert!(
+        (err.is_go_away() && err.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM)) || err.is_io(),
+        "after {opened} streams ({} reached the upstream): {err:?}\n{}",
+        up.hits(),
+        gw.log()
+    );
+    assert!(
+        up.hits() <= 100,
+        "the flood did not become upstream load: {} requests reached it",
+        up.hits()
+    );
+    // Other clients are served.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    assert_eq!(
+        h2.get(gw.url("/x")).send().await.expect("request").status(),
+        200
+    );
+}
+
 /// An upstream that answers every request with `count` header lines.
 async fn header_bomb(count: usize) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -404,3 +404,81 @@ fn upgrade_socket_and_pid_file_are_paths_from_the_config_directory() {
     let e = err(&format!("[server]\npid_file = \"\"\n{BASE}"));
     assert!(e.contains("pid_file = \"\" is not a file path"), "{e}");
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    const BASE: &str = r#"
+[[listeners]]
+address = "127.0.0.1:18080"
+
+[clusters.api]
+endpoints = ["127.0.0.1:9000"]
+
+[[routes]]
+name = "api"
+cluster = "api"
+path_prefix = "/api"
+"#;
+
+    /// A value of any TOML type, some near the edges of what keys accept.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<i64>().prop_map(|n| n.to_string()),
+            Just("0".to_owned()),
+            Just("-1".to_owned()),
+            Just("true".to_owned()),
+            Just("1.5e300".to_owned()),
+            "\\PC{0,12}".prop_map(|s| format!("{s:?}")),
+            Just("[]".to_owned()),
+            Just("[\"10.0.0.0/8\", \"x\"]".to_owned()),
+            Just("{}".to_owned()),
+        ]
+    }
+
+    fn key() -> impl Strategy<Value = &'static str> {
+        proptest::sample::select(vec![
+            "[http]\nnormalize_path",
+            "[http]\nescaped_slashes",
+            "[http]\nmax_uri_bytes",
+            "[http]\nmax_headers",
+            "[http]\nrequest_header_timeout_ms",
+            "[http]\nidle_timeout_ms",
+            "[http]\ntrusted_proxies",
+            "[http]\nxff_trusted_hops",
+            "[http]\nforwarded_header",
+            "[http]\nh2_max_concurrent_streams",
+            "[admin]\ntoken",
+            "[admin]\nstatus_address",
+            "[admin]\nallowed_hosts",
+            "[server]\nthreads",
+            "[clusters.api]\nload_balancing",
+            "[clusters.api]\ntimeout_ms",
+            "[[routes]]\nname = \"x\"\ncluster = \"api\"\npath",
+            "[[filters]]\nfilter = \"rate_limit\"\nrate",
+            "[[filters]]\nfilter = \"headers\"\nrequest_set",
+        ])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// Any text: an error or a config, never a panic.
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
+            let _ = Config::parse(&text, std::path::Path::new("fuzz.toml"));
+        }
+
+        /// A valid document with one key set to any value: accepted, or refused with a
+        /// message and a fix, never a panic.
+        #[test]
+        fn any_value_for_a_key_is_validated(k in key(), v in value()) {
+            let text = format!("{BASE}\n{k} = {v}\n");
+            if let Err(e) = Config::parse(&text, std::path::Path::new("fuzz.toml")) {
+                prop_assert!(!e.issues.is_empty());
+                prop_assert!(e.issues.iter().all(|i| !i.message.is_empty()));
+            }
+        }
+    }
+}

@@ -172,3 +172,60 @@ fn request_host_strips_port() {
     let abs: http::Uri = "http://h2.example.com:443/x".parse().expect("uri");
     assert_eq!(request_host(&abs, &headers), "h2.example.com");
 }
+
+mod properties {
+    use super::*;
+    use crate::edge::{Normalized, PathOptions};
+    use proptest::prelude::*;
+
+    fn path() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("/".to_owned()),
+            Just("..".to_owned()),
+            Just(".".to_owned()),
+            Just("%2e".to_owned()),
+            Just("%2f".to_owned()),
+            Just("pub".to_owned()),
+            Just("priv".to_owned()),
+            Just(";".to_owned()),
+            Just("{".to_owned()),
+            Just("*".to_owned()),
+            "[a-z]{1,3}",
+            "\\PC{1,3}",
+        ];
+        proptest::collection::vec(piece, 0..10).prop_map(|v| format!("/{}", v.concat()))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        /// Templates and prefixes accept or refuse any text without panicking, and matching
+        /// any path never panics.
+        #[test]
+        fn parsing_and_matching_never_panic(t in path(), p in path()) {
+            if let Ok(tpl) = PathTemplate::parse(&t) {
+                let _ = tpl.matches(&p);
+                let _ = PathMatch::Template(tpl).covers(&PathMatch::Prefix(p.clone()));
+            }
+            let _ = PathMatch::Prefix(t.clone()).matches(&p);
+            let _ = HostMatch::parse(&t);
+        }
+
+        /// After normalization, a path lands on the protected route exactly when a
+        /// normalizing backend would serve it from there: no spelling crosses the boundary.
+        #[test]
+        fn normalized_paths_respect_route_boundaries(p in path()) {
+            let public = PathMatch::Prefix("/pub".into());
+            let private = PathMatch::Prefix("/priv".into());
+            if let Ok(Normalized::Path(n)) = PathOptions::default().normalize(&p) {
+                // A backend that resolves dot segments once more sees the same path.
+                let again = PathOptions::default().normalize(&n);
+                prop_assert_eq!(again, Ok(Normalized::Path(std::borrow::Cow::Borrowed(&*n))));
+                prop_assert!(!(public.matches(&n) && private.matches(&n)));
+                if public.matches(&n) {
+                    prop_assert!(n.starts_with("/pub"));
+                }
+            }
+        }
+    }
+}
