@@ -353,11 +353,36 @@ impl Reloader {
     fn restart_only_changes(&self, config: &Config) -> Vec<&'static str> {
         let s = &self.started;
         let mut out = Vec::new();
-        if s.listeners != config.listeners {
+        // A listener's edge settings apply to new connections at once; its socket settings
+        // (address, TLS, h2c, PROXY protocol before TLS) need a restart.
+        fn sockets(
+            c: &Config,
+        ) -> Vec<(
+            &str,
+            std::net::SocketAddr,
+            bool,
+            Option<&crate::config::TlsFiles>,
+            bool,
+        )> {
+            c.listeners
+                .iter()
+                .map(|l| {
+                    let pre_tls = l.tls.is_some() && l.edge.proxy_protocol;
+                    (l.name.as_str(), l.address, l.h2c, l.tls.as_ref(), pre_tls)
+                })
+                .collect()
+        }
+        if sockets(s) != sockets(config) {
             out.push("listeners");
         }
-        if s.admin != config.admin {
+        // The token and allowed hosts apply at once; the listening addresses do not.
+        if (s.admin.address, s.admin.status_address)
+            != (config.admin.address, config.admin.status_address)
+        {
             out.push("admin");
+        }
+        if s.h2 != config.h2 {
+            out.push("http.h2");
         }
         if s.server != config.server {
             out.push("server");
