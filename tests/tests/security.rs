@@ -507,6 +507,50 @@ async fn keep_alive_requests_within_the_deadline_are_served() {
 }
 
 #[tokio::test]
+async fn slow_bodies_are_not_cut_by_the_head_deadline() {
+    let up = echo("up").await;
+    let gw = two_routes(&up, "[http]\nrequest_header_timeout_ms = 800\n").await;
+    for expect in ["", "Expect: 100-continue\r\n"] {
+        let mut s = TcpStream::connect(gw.http).await.expect("connect");
+        s.write_all(
+            format!(
+                "POST /pub/upload HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n{expect}Connection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("head");
+        // The body trickles in over twice the head deadline.
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(160)).await;
+            s.write_all(b"x").await.expect("body byte");
+        }
+        let r = read_response_skipping_continue(&mut s).await;
+        assert_eq!(r.status, 200, "{expect:?}: {}", r.body);
+        assert_eq!(r.json()["body_bytes"], 10);
+    }
+}
+
+async fn read_response_skipping_continue(s: &mut TcpStream) -> Raw {
+    let r = read_response(s).await.expect("response");
+    if r.status != 100 {
+        return r;
+    }
+    // `100 Continue` then the final response in the same stream.
+    let rest = r.body;
+    let (head, body) = rest.split_once("\r\n\r\n").expect("final response");
+    Raw {
+        status: head
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0),
+        head: head.to_owned(),
+        body: body.to_owned(),
+    }
+}
+
+#[tokio::test]
 async fn connection_caps_refuse_clearly() {
     let up = echo("up").await;
     let gw = two_routes(&up, "[http]\nmax_connections = 3\n").await;
@@ -644,6 +688,69 @@ cluster = "echo"
         || gw.log().contains("\"client\":\"203.0.113.7\""),
     )
     .await;
+}
+
+#[tokio::test]
+async fn proxy_protocol_precedes_tls() {
+    let up = echo("up").await;
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    let tls_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let gw = Gateway::start_with(
+        &format!(
+            "[[listeners]]\nname = \"tls\"\naddress = \"{tls_addr}\"\nproxy_protocol = true\n\
+             tls = {{ cert = \"cert.pem\", key = \"key.pem\" }}\n\n{}\n[[routes]]\nname = \"all\"\ncluster = \"echo\"\n",
+            cluster("echo", &[&up], "")
+        ),
+        &[
+            ("cert.pem", cert.cert.pem().as_bytes()),
+            ("key.pem", cert.signing_key.serialize_pem().as_bytes()),
+        ],
+    )
+    .await;
+    let tls_get = |header: Option<Vec<u8>>| async move {
+        let mut tcp = TcpStream::connect(tls_addr).await.expect("connect");
+        if let Some(h) = header {
+            tcp.write_all(&h).await.expect("proxy header");
+        }
+        let mut builder =
+            openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls()).expect("connector");
+        builder.set_verify(openssl::ssl::SslVerifyMode::NONE);
+        let ssl = builder
+            .build()
+            .configure()
+            .expect("configure")
+            .into_ssl("localhost")
+            .expect("ssl");
+        let mut tls = tokio_openssl::SslStream::new(ssl, tcp).expect("stream");
+        std::pin::Pin::new(&mut tls).connect().await.ok()?;
+        tls.write_all(&get("/x")).await.ok()?;
+        let mut buf = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let body = text.split_once("\r\n\r\n")?.1.to_owned();
+        serde_json::from_str::<Value>(&body).ok()
+    };
+    let header = format!(
+        "PROXY TCP4 203.0.113.9 127.0.0.1 40000 {}\r\n",
+        tls_addr.port()
+    );
+    let j = tls_get(Some(header.into_bytes()))
+        .await
+        .expect("TLS answer after a PROXY header");
+    assert_eq!(j["headers"]["x-forwarded-for"], "203.0.113.9");
+    assert_eq!(j["headers"]["x-forwarded-proto"], "https");
+    assert!(
+        tls_get(None).await.is_none(),
+        "a TLS client without the PROXY header is not served"
+    );
+    // The plain listener of the same gateway does not expect the header.
+    assert_eq!(
+        raw(gw.http, &get("/x")).await.expect("response").status,
+        200
+    );
 }
 
 #[tokio::test]

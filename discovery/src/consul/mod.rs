@@ -34,8 +34,8 @@ use crate::{Discovery, DiscoveryError, Endpoint, Query, SourceHealth, Watch};
 /// The agent address used when neither configuration nor `CONSUL_HTTP_ADDR` gives one.
 pub const DEFAULT_ADDRESS: &str = "127.0.0.1:8500";
 
-/// How to reach Consul and how watches behave.
-#[derive(Debug, Clone, PartialEq)]
+/// How to reach Consul and how watches behave. `Debug` never shows the token.
+#[derive(Clone, PartialEq)]
 pub struct ConsulConfig {
     /// The agent's HTTP address, `host:port`.
     pub address: String,
@@ -55,6 +55,22 @@ pub struct ConsulConfig {
     pub retry_max: Duration,
     /// Timeout of non-blocking calls (registration, deregistration, check updates).
     pub request_timeout: Duration,
+}
+
+impl std::fmt::Debug for ConsulConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsulConfig")
+            .field("address", &self.address)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("datacenter", &self.datacenter)
+            .field("wait", &self.wait)
+            .field("max_queries_per_second", &self.max_queries_per_second)
+            .field("burst", &self.burst)
+            .field("retry_base", &self.retry_base)
+            .field("retry_max", &self.retry_max)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
 }
 
 impl Default for ConsulConfig {

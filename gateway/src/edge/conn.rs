@@ -335,6 +335,16 @@ impl HeadDeadline {
         }
     }
 
+    /// A response is being written: the next bytes read start the next request head. An
+    /// informational response (`100 Continue`) is not the end of the exchange: the request
+    /// body follows it.
+    fn wrote(&mut self, bytes: &[u8]) {
+        let informational = bytes.starts_with(b"HTTP/1.1 1") || bytes.starts_with(b"HTTP/1.0 1");
+        if self.phase == Phase::Body && !informational {
+            self.phase = Phase::Idle;
+        }
+    }
+
     fn saw(&mut self, bytes: &[u8]) {
         if bytes.is_empty() {
             return;
@@ -407,8 +417,8 @@ impl AsyncWrite for HeadDeadline {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) && this.phase == Phase::Body {
-            this.phase = Phase::Idle;
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.wrote(buf);
         }
         r
     }
@@ -420,8 +430,12 @@ impl AsyncWrite for HeadDeadline {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) && this.phase == Phase::Body {
-            this.phase = Phase::Idle;
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.wrote(
+                bufs.iter()
+                    .find(|b| !b.is_empty())
+                    .map_or(&[][..], |b| &b[..]),
+            );
         }
         r
     }
