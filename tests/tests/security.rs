@@ -550,14 +550,18 @@ async fn read_response_skipping_continue(s: &mut TcpStream) -> Raw {
     }
 }
 
-#[tokio::test]
-async fn connection_caps_refuse_clearly() {
-    let up = echo("up").await;
-    let gw = two_routes(&up, "[http]\nmax_connections = 3\n").await;
+/// Opens `n` keep-alive connections, each proven admitted by an answered request (a slot the
+/// harness's readiness probe held may take a moment to free).
+async fn hold_connections(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    let deadline = Instant::now() + Duration::from_secs(5);
     let mut held = Vec::new();
-    // Hold three connections, each proven admitted by a keep-alive answer.
-    while held.len() < 3 {
-        let mut s = TcpStream::connect(gw.http).await.expect("connect");
+    while held.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} connections admitted",
+            held.len()
+        );
+        let mut s = TcpStream::connect(addr).await.expect("connect");
         s.write_all(b"GET /pub/hold HTTP/1.1\r\nHost: t\r\n\r\n")
             .await
             .expect("write");
@@ -565,8 +569,18 @@ async fn connection_caps_refuse_clearly() {
         let n = s.read(&mut buf).await.expect("read");
         if String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200") {
             held.push(s);
+        } else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+    held
+}
+
+#[tokio::test]
+async fn connection_caps_refuse_clearly() {
+    let up = echo("up").await;
+    let gw = two_routes(&up, "[http]\nmax_connections = 3\n").await;
+    let mut held = hold_connections(gw.http, 3).await;
     let r = raw(gw.http, &get("/pub/x"))
         .await
         .expect("a refusal, not a silent close");
@@ -585,18 +599,7 @@ async fn connection_caps_refuse_clearly() {
     }
 
     let per_client = two_routes(&up, "[http]\nmax_connections_per_client = 2\n").await;
-    let mut mine = Vec::new();
-    while mine.len() < 2 {
-        let mut s = TcpStream::connect(per_client.http).await.expect("connect");
-        s.write_all(b"GET /pub/hold HTTP/1.1\r\nHost: t\r\n\r\n")
-            .await
-            .expect("write");
-        let mut buf = vec![0u8; 8192];
-        let n = s.read(&mut buf).await.expect("read");
-        if String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200") {
-            mine.push(s);
-        }
-    }
+    let _mine = hold_connections(per_client.http, 2).await;
     let r = raw(per_client.http, &get("/pub/x")).await.expect("refusal");
     assert_eq!(
         (r.status, r.json()["error"].as_str()),
