@@ -309,15 +309,19 @@ enum Phase {
 }
 
 /// A stream that fails reads with `TimedOut` when a request head takes longer than the
-/// deadline to arrive in full. The head's end is found by scanning for the empty line
-/// (`\n\r\n` or `\n\n`), only while a head is being read.
+/// deadline to arrive in full: from the connection's start for the first request, from the
+/// first read that finds a keep-alive request's head incomplete for the others. The head's end
+/// is found by scanning for the empty line (`\n\r\n` or `\n\n`, `memchr`), only while a
+/// head is being read.
 #[derive(Debug)]
 struct HeadDeadline {
     inner: Stream,
     timeout: Duration,
     phase: Phase,
-    /// Progress towards the empty line: 1 after `\n`, 2 after `\n\r`.
-    eol: u8,
+    /// The last two bytes of the head read so far (the empty line may straddle reads).
+    tail: [u8; 2],
+    /// The head's clock is running (`sleep` holds its deadline).
+    armed: bool,
     /// No byte was read yet (an HTTP/2 preface turns the deadline off).
     first: bool,
     sleep: Pin<Box<Sleep>>,
@@ -329,7 +333,8 @@ impl HeadDeadline {
             inner,
             timeout,
             phase: Phase::Head,
-            eol: 0,
+            tail: [0, 0],
+            armed: true,
             first: true,
             sleep: Box::pin(tokio::time::sleep(timeout)),
         }
@@ -354,25 +359,49 @@ impl HeadDeadline {
             return;
         }
         if self.phase == Phase::Idle {
+            // The clock starts when a read finds the rest of the head missing (`arm`): a
+            // head that arrives whole, the common case, never touches the timer.
             self.phase = Phase::Head;
-            self.eol = 0;
-            self.sleep.as_mut().reset(Instant::now() + self.timeout);
+            self.armed = false;
+            self.tail = [0, 0];
         }
         if self.phase != Phase::Head {
             return;
         }
-        for &b in bytes {
-            self.eol = match (b, self.eol) {
-                (b'\n', 1 | 2) => {
-                    self.phase = Phase::Body;
-                    return;
-                }
-                (b'\n', _) => 1,
-                (b'\r', 1) => 2,
-                _ => 0,
-            };
+        if head_ends(self.tail, bytes) {
+            self.phase = Phase::Body;
+            return;
+        }
+        self.tail = match bytes {
+            [.., a, b] => [*a, *b],
+            [b] => [self.tail[1], *b],
+            [] => self.tail,
+        };
+    }
+
+    /// Starts the head's clock if it is not running: now, for a keep-alive request whose first
+    /// bytes came without the rest.
+    fn arm(&mut self) {
+        if !self.armed {
+            self.armed = true;
+            self.sleep.as_mut().reset(Instant::now() + self.timeout);
         }
     }
+}
+
+/// Whether `bytes` (after `tail`, the two bytes before them) hold the empty line that ends a
+/// head: `\n\n` or `\n\r\n`.
+fn head_ends(tail: [u8; 2], bytes: &[u8]) -> bool {
+    let at = |i: usize, back: usize| -> u8 {
+        match i.checked_sub(back) {
+            Some(j) => bytes.get(j).copied().unwrap_or(0),
+            None => tail.get(2 + i - back).copied().unwrap_or(0),
+        }
+    };
+    memchr::memchr_iter(b'\n', bytes).any(|p| {
+        let prev = at(p, 1);
+        prev == b'\n' || (prev == b'\r' && at(p, 2) == b'\n')
+    })
 }
 
 fn head_timeout() -> io::Error {
@@ -399,7 +428,11 @@ impl AsyncRead for HeadDeadline {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
-                if this.phase == Phase::Head && this.sleep.as_mut().poll(cx).is_ready() {
+                if this.phase != Phase::Head {
+                    return Poll::Pending;
+                }
+                this.arm();
+                if this.sleep.as_mut().poll(cx).is_ready() {
                     crate::metrics::metrics().edge_refusal("header_timeout");
                     return Poll::Ready(Err(head_timeout()));
                 }
@@ -522,6 +555,7 @@ impl Peek for HeadDeadline {
         if self.phase != Phase::Head {
             return self.inner.try_peek(buf).await;
         }
+        self.arm();
         let deadline = self.sleep.deadline();
         match tokio::time::timeout_at(deadline, self.inner.try_peek(buf)).await {
             Ok(r) => r,
@@ -530,5 +564,25 @@ impl Peek for HeadDeadline {
                 Err(head_timeout())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::head_ends;
+
+    #[test]
+    fn the_empty_line_is_found_across_reads() {
+        assert!(head_ends([0, 0], b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(head_ends([0, 0], b"GET / HTTP/1.1\nHost: a\n\n"));
+        assert!(!head_ends([0, 0], b"GET / HTTP/1.1\r\nHost: a\r\n"));
+        assert!(head_ends([b'\r', b'\n'], b"\r\n"));
+        assert!(head_ends([b'a', b'\n'], b"\n"));
+        assert!(head_ends([b'\n', b'\r'], b"\n"));
+        assert!(!head_ends([b'a', b'\r'], b"\n"));
+        assert!(
+            !head_ends([0, 0], b"\n"),
+            "a stray newline at the start is no empty line"
+        );
     }
 }
