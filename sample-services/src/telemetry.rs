@@ -1,19 +1,18 @@
 //! Trace continuation for the sample services: a server span per request (HTTP and gRPC, as
 //! one axum middleware), client spans around Play's calls to Catalog and Steering, and W3C
 //! `traceparent` on every outgoing call. Export follows the same `OTEL_*` variables as the
-//! gateway ([`gateway::telemetry::init_from_env`]); with export off, the incoming context is
+//! gateway ([`otel_env::init_from_env`]); with export off, the incoming context is
 //! still passed on, so a trace started at the edge reaches every hop.
 
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
-use gateway::telemetry::HeaderExtractor;
 use http::HeaderMap;
 use opentelemetry::context::FutureExt as _;
 use opentelemetry::global::{self, BoxedTracer};
-use opentelemetry::propagation::Injector;
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
+use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 
 /// Sends the spans still queued when dropped (at the end of `main`).
@@ -33,7 +32,7 @@ impl Drop for Telemetry {
 /// Sets up tracing for `service` from the `OTEL_*` environment; exits with a clear message
 /// when the environment asks for something unsupported.
 pub fn init(service: &'static str) -> Telemetry {
-    match gateway::telemetry::init_from_env(service) {
+    match otel_env::init_from_env(service) {
         Ok(p) => {
             if p.is_some() {
                 eprintln!("{service}: trace export on (OTLP/HTTP, OTEL_* variables)");
@@ -51,23 +50,10 @@ fn tracer() -> BoxedTracer {
     global::tracer("sample-services")
 }
 
-struct HeadersMut<'a>(&'a mut HeaderMap);
-
-impl Injector for HeadersMut<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        if let (Ok(k), Ok(v)) = (
-            http::HeaderName::from_bytes(key.as_bytes()),
-            http::HeaderValue::from_str(&value),
-        ) {
-            self.0.insert(k, v);
-        }
-    }
-}
-
 /// Writes `cx`'s trace context into outgoing headers (HTTP headers, or gRPC metadata through
 /// `tonic::metadata::MetadataMap::as_mut`).
 pub fn inject(cx: &Context, headers: &mut HeaderMap) {
-    global::get_text_map_propagator(|p| p.inject_context(cx, &mut HeadersMut(headers)));
+    global::get_text_map_propagator(|p| p.inject_context(cx, &mut HeaderInjector(headers)));
 }
 
 fn is_grpc(headers: &HeaderMap) -> bool {

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 #[tokio::test]
 async fn custom_binary_runs_the_plugin_filter_after_jwt() {
-    let bin = built_bin("tenant-filter", "acme-gateway");
+    let bin = built_bin("acme-gateway", "acme-gateway");
     let up = echo("up").await;
     let gw = Gateway::start_bin(
         &bin,

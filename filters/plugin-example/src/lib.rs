@@ -12,9 +12,7 @@
 //! header = "x-tenant"            # request header to read when there is no identity
 //! ```
 
-use gateway::filters::{
-    async_trait, reply, Filter, FilterConfigError, FilterContext, FilterSettings, Flow,
-};
+use filters::{async_trait, reply, Filter, FilterConfigError, FilterContext, FilterSettings, Flow};
 use http::{request, response, HeaderName, HeaderValue, StatusCode};
 use serde::Deserialize;
 
