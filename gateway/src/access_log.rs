@@ -31,7 +31,7 @@ static SINK: OnceLock<Sink> = OnceLock::new();
 /// Sends access lines to stdout in `format` from now on. Call [`flush`] before exiting and keep
 /// the guard alive until then; dropping it writes out what is queued. Without this, lines go
 /// through `tracing` (target `access`).
-pub fn install(format: LogFormat) -> Option<WorkerGuard> {
+pub(crate) fn install(format: LogFormat) -> Option<WorkerGuard> {
     let (writer, guard) =
         tracing_appender::non_blocking(BufWriter::with_capacity(64 * 1024, std::io::stdout()));
     let sink = Sink {
@@ -53,7 +53,7 @@ pub fn install(format: LogFormat) -> Option<WorkerGuard> {
 }
 
 /// Hands buffered lines to the writer thread.
-pub fn flush() {
+pub(crate) fn flush() {
     let Some(sink) = SINK.get() else { return };
     let chunk = match sink.buf.lock() {
         Ok(mut buf) if !buf.is_empty() => {
@@ -66,7 +66,7 @@ pub fn flush() {
 
 /// One request's access record.
 #[derive(Debug, Serialize)]
-pub struct AccessRecord<'a> {
+pub(crate) struct AccessRecord<'a> {
     /// Request method.
     pub method: &'a str,
     /// Path as received.
@@ -116,7 +116,7 @@ struct Line<'a> {
 }
 
 /// Writes one line.
-pub fn write(record: &AccessRecord<'_>) {
+pub(crate) fn write(record: &AccessRecord<'_>) {
     let Some(sink) = SINK.get() else {
         tracing::info!(target: "access", record = ?record);
         return;

@@ -48,13 +48,8 @@ enum Command {
     },
 }
 
-/// Runs the CLI with the process arguments and the built-in filters.
-pub fn main() -> ExitCode {
-    main_with(&FilterRegistry::with_builtins())
-}
-
 /// Runs the CLI with the process arguments; config files may name the filters in `registry`.
-pub fn main_with(registry: &FilterRegistry) -> ExitCode {
+pub(crate) fn main_with(registry: &FilterRegistry) -> ExitCode {
     let cli = Cli::parse();
     let mut registry = registry.clone();
     registry.set_dev_mode(cli.dev);

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 /// Why the gateway answered a request itself instead of relaying an upstream response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GatewayError {
+pub(crate) enum GatewayError {
     /// No route matches the request.
     NoRoute,
     /// The route's cluster has no endpoints.
@@ -41,7 +41,7 @@ pub enum GatewayError {
 
 impl GatewayError {
     /// Classifies a pingora error by its type and source, never by its text.
-    pub fn classify(e: &Error) -> Option<Self> {
+    pub(crate) fn classify(e: &Error) -> Option<Self> {
         use ErrorType::*;
         Some(match (e.etype(), e.esource()) {
             (ConnectTimedout, _) => Self::ConnectTimeout,
@@ -64,7 +64,7 @@ impl GatewayError {
     }
 
     /// HTTP status for the client.
-    pub fn status(self) -> u16 {
+    pub(crate) fn status(self) -> u16 {
         match self {
             Self::NoRoute => 404,
             Self::NoEndpoints | Self::CircuitOpen | Self::BulkheadFull => 503,
@@ -79,7 +79,7 @@ impl GatewayError {
     }
 
     /// Stable machine-readable code (also in the access log).
-    pub fn code(self) -> &'static str {
+    pub(crate) fn code(self) -> &'static str {
         match self {
             Self::NoRoute => "no_route",
             Self::NoEndpoints => "no_endpoints",
@@ -104,7 +104,7 @@ impl GatewayError {
     }
 
     /// Human-readable reason; never includes internal addresses.
-    pub fn reason(self) -> &'static str {
+    pub(crate) fn reason(self) -> &'static str {
         match self {
             Self::NoRoute => "no route matches this request",
             Self::NoEndpoints => "the route's cluster has no endpoints",
@@ -139,7 +139,7 @@ impl GatewayError {
     }
 
     /// The JSON body sent to the client.
-    pub fn body(
+    pub(crate) fn body(
         self,
         route: Option<&str>,
         cluster: Option<&str>,

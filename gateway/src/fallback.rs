@@ -12,13 +12,13 @@ use crate::config::{FallbackOn, FallbackSpec, LastGoodSettings, StaticResponse};
 use crate::errors::GatewayError;
 
 /// The response header saying that a fallback answered, and why.
-pub const X_FALLBACK: HeaderName = HeaderName::from_static("x-fallback");
+pub(crate) const X_FALLBACK: HeaderName = HeaderName::from_static("x-fallback");
 
 /// Why an upstream call produced no usable response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
+pub(crate) enum Failure {
     /// Connecting failed.
-    ConnectFailure,
+    Connect,
     /// Connecting, an attempt, or the deadline timed out.
     Timeout,
     /// The upstream broke the exchange.
@@ -35,9 +35,9 @@ pub enum Failure {
 
 impl Failure {
     /// The failure behind a gateway error, if it is an upstream failure.
-    pub fn of(error: GatewayError) -> Option<Self> {
+    pub(crate) fn of(error: GatewayError) -> Option<Self> {
         Some(match error {
-            GatewayError::ConnectFailed => Self::ConnectFailure,
+            GatewayError::ConnectFailed => Self::Connect,
             GatewayError::ConnectTimeout | GatewayError::UpstreamTimeout => Self::Timeout,
             GatewayError::UpstreamBroken => Self::Reset,
             GatewayError::CircuitOpen => Self::CircuitOpen,
@@ -48,9 +48,9 @@ impl Failure {
     }
 
     /// The error the client gets when nothing answers for it.
-    pub fn error(self) -> GatewayError {
+    pub(crate) fn error(self) -> GatewayError {
         match self {
-            Self::ConnectFailure => GatewayError::ConnectFailed,
+            Self::Connect => GatewayError::ConnectFailed,
             Self::Timeout => GatewayError::UpstreamTimeout,
             Self::Reset => GatewayError::UpstreamBroken,
             Self::Status(_) => GatewayError::UpstreamStatus,
@@ -61,9 +61,9 @@ impl Failure {
     }
 
     /// The reason named in `X-Fallback`.
-    pub fn reason(self) -> String {
+    pub(crate) fn reason(self) -> String {
         match self {
-            Self::ConnectFailure => "connect_failure".into(),
+            Self::Connect => "connect_failure".into(),
             Self::Timeout => "timeout".into(),
             Self::Reset => "reset".into(),
             Self::Status(s) => format!("status_{s}"),
@@ -72,22 +72,13 @@ impl Failure {
             Self::NoEndpoints => "no_endpoints".into(),
         }
     }
-
-    /// Whether the request was never sent to an upstream (safe to send elsewhere whatever
-    /// its method).
-    pub fn before_sending(self) -> bool {
-        matches!(
-            self,
-            Self::ConnectFailure | Self::CircuitOpen | Self::BulkheadFull | Self::NoEndpoints
-        )
-    }
 }
 
 impl FallbackOn {
     /// Whether this fallback answers `failure`.
-    pub fn covers(&self, failure: Failure) -> bool {
+    pub(crate) fn covers(&self, failure: Failure) -> bool {
         match failure {
-            Failure::ConnectFailure => self.connect_failure,
+            Failure::Connect => self.connect_failure,
             Failure::Timeout => self.timeout,
             Failure::Reset => self.reset,
             Failure::Status(s) => self.statuses.contains(s),
@@ -100,7 +91,7 @@ impl FallbackOn {
 
 /// A response kept for `last_good` fallbacks.
 #[derive(Debug)]
-pub struct Stored {
+pub(crate) struct Stored {
     status: StatusCode,
     headers: HeaderMap,
     body: Bytes,
@@ -125,7 +116,7 @@ impl quick_cache::Weighter<Box<str>, Arc<Stored>> for Weight {
 }
 
 /// The last good response of each GET on a route, bounded in bytes and entries.
-pub struct LastGood {
+pub(crate) struct LastGood {
     settings: LastGoodSettings,
     cache: quick_cache::sync::Cache<Box<str>, Arc<Stored>, Weight>,
 }
@@ -158,7 +149,7 @@ fn kept_header(name: &HeaderName) -> bool {
 
 /// A response being recorded as it streams to the client.
 #[derive(Debug)]
-pub struct Capture {
+pub(crate) struct Capture {
     key: Box<str>,
     status: StatusCode,
     headers: HeaderMap,
@@ -168,7 +159,7 @@ pub struct Capture {
 
 impl Capture {
     /// Appends a body piece; `false` when the body grew past the limit (stop capturing).
-    pub fn push(&mut self, chunk: &[u8]) -> bool {
+    pub(crate) fn push(&mut self, chunk: &[u8]) -> bool {
         if self.body.len() + chunk.len() > self.limit {
             return false;
         }
@@ -180,11 +171,11 @@ impl Capture {
 impl LastGood {
     /// An empty store.
     /// The settings this store was made with.
-    pub fn settings(&self) -> LastGoodSettings {
+    pub(crate) fn settings(&self) -> LastGoodSettings {
         self.settings
     }
 
-    pub fn new(settings: LastGoodSettings) -> Self {
+    pub(crate) fn new(settings: LastGoodSettings) -> Self {
         let floor = (settings.max_bytes / settings.max_entries.max(1) as u64).max(1);
         Self {
             settings,
@@ -197,13 +188,13 @@ impl LastGood {
     }
 
     /// The cache key of a request.
-    pub fn key(host: &str, path_and_query: &str) -> Box<str> {
+    pub(crate) fn key(host: &str, path_and_query: &str) -> Box<str> {
         format!("{host}{path_and_query}").into_boxed_str()
     }
 
     /// Starts recording a 200 response to a GET (`None` when it cannot be kept, e.g. it says
     /// `no-store`, or it is larger than the limit).
-    pub fn capture(
+    pub(crate) fn capture(
         &self,
         key: Box<str>,
         status: StatusCode,
@@ -242,7 +233,7 @@ impl LastGood {
     }
 
     /// Keeps a completely recorded response.
-    pub fn store(&self, c: Capture, now: Instant) {
+    pub(crate) fn store(&self, c: Capture, now: Instant) {
         self.cache.insert(
             c.key,
             Arc::new(Stored {
@@ -255,7 +246,7 @@ impl LastGood {
     }
 
     /// The kept response for `key` if it is young enough, with an `Age` header.
-    pub fn answer(&self, key: &str, now: Instant) -> Option<filters::Response> {
+    pub(crate) fn answer(&self, key: &str, now: Instant) -> Option<filters::Response> {
         let s = self.cache.get(key)?;
         let age = now.saturating_duration_since(s.at);
         if age > self.settings.max_age {
@@ -271,19 +262,21 @@ impl LastGood {
     }
 
     /// Responses kept.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.cache.len()
     }
 
     /// Whether nothing is kept.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.cache.is_empty()
     }
 }
 
 impl StaticResponse {
     /// The configured response.
-    pub fn to_response(&self) -> filters::Response {
+    pub(crate) fn to_response(&self) -> filters::Response {
         let mut resp = http::Response::new(self.body.clone());
         *resp.status_mut() = self.status;
         for (k, v) in &self.headers {
@@ -294,7 +287,7 @@ impl StaticResponse {
 }
 
 /// Marks `resp` as a fallback answer: `X-Fallback: KIND; reason=REASON`.
-pub fn mark(resp: &mut http::response::Parts, kind: &str, failure: Failure) {
+pub(crate) fn mark(resp: &mut http::response::Parts, kind: &str, failure: Failure) {
     let v = format!("{kind}; reason={}", failure.reason());
     if let Ok(v) = HeaderValue::from_str(&v) {
         resp.headers.insert(X_FALLBACK, v);
@@ -303,7 +296,7 @@ pub fn mark(resp: &mut http::response::Parts, kind: &str, failure: Failure) {
 
 /// The local answer of a route's fallback for `failure` (last good response, then the
 /// static one), already marked.
-pub fn local_answer(
+pub(crate) fn local_answer(
     spec: &FallbackSpec,
     last_good: Option<(&LastGood, &str)>,
     failure: Failure,

@@ -21,16 +21,16 @@ use tokio::sync::watch;
 use crate::runtime::{GatewayState, Route, Runtime};
 
 /// How often a frame is sampled and sent.
-pub const INTERVAL: Duration = Duration::from_millis(500);
+pub(crate) const INTERVAL: Duration = Duration::from_millis(500);
 /// Subscribers at once (Hystrix's default is 5; dashboards and Turbine are few).
 const MAX_SUBSCRIBERS: usize = 32;
 
 /// One sample: the JSON objects to send, one per `data:` line.
-pub type Frame = Arc<Vec<String>>;
+pub(crate) type Frame = Arc<Vec<String>>;
 
 /// The shared sampler and its subscribers.
 #[derive(Debug)]
-pub struct HystrixStream {
+pub(crate) struct HystrixStream {
     state: Arc<GatewayState>,
     frames: OnceLock<watch::Receiver<Frame>>,
     subscribers: Arc<AtomicUsize>,
@@ -38,7 +38,7 @@ pub struct HystrixStream {
 
 /// A subscriber's slot; dropping it frees the slot.
 #[derive(Debug)]
-pub struct Subscription {
+pub(crate) struct Subscription {
     frames: watch::Receiver<Frame>,
     _slot: Slot,
 }
@@ -54,7 +54,7 @@ impl Drop for Slot {
 
 impl HystrixStream {
     /// A stream over `state`; the sampler starts with the first subscriber.
-    pub fn new(state: Arc<GatewayState>) -> Self {
+    pub(crate) fn new(state: Arc<GatewayState>) -> Self {
         Self {
             state,
             frames: OnceLock::new(),
@@ -63,7 +63,7 @@ impl HystrixStream {
     }
 
     /// A new subscriber, or `None` when [`MAX_SUBSCRIBERS`] are connected.
-    pub fn subscribe(&self) -> Option<Subscription> {
+    pub(crate) fn subscribe(&self) -> Option<Subscription> {
         let n = self.subscribers.fetch_add(1, Ordering::AcqRel);
         let slot = Slot(self.subscribers.clone());
         if n >= MAX_SUBSCRIBERS {
@@ -84,14 +84,14 @@ impl HystrixStream {
     }
 
     /// The most subscribers served at once.
-    pub fn max_subscribers(&self) -> usize {
+    pub(crate) fn max_subscribers(&self) -> usize {
         MAX_SUBSCRIBERS
     }
 }
 
 impl Subscription {
     /// The event stream body: each frame's objects as `data:` lines, `ping:` for an empty one.
-    pub fn into_body(self) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
+    pub(crate) fn into_body(self) -> impl futures_util::Stream<Item = Result<Bytes, Infallible>> {
         futures_util::stream::unfold(self, |mut sub| async move {
             sub.frames.changed().await.ok()?;
             let frame = sub.frames.borrow_and_update().clone();

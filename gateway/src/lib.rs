@@ -5,25 +5,25 @@
 #![forbid(unsafe_code)]
 #![recursion_limit = "256"]
 
-pub mod access_log;
-pub mod admin;
+mod access_log;
+mod admin;
 mod builder;
-pub mod cli;
-pub mod cluster;
-pub mod config;
-pub mod edge;
-pub mod errors;
-pub mod fallback;
+mod cli;
+mod cluster;
+mod config;
+mod edge;
+mod errors;
+mod fallback;
 mod filtering;
 mod grpc;
-pub mod hystrix;
-pub mod metrics;
-pub mod proxy;
-pub mod reload;
-pub mod router;
-pub mod runtime;
-pub mod server;
-pub mod telemetry;
+mod hystrix;
+mod metrics;
+mod proxy;
+mod reload;
+mod router;
+mod runtime;
+mod server;
+mod telemetry;
 
 pub use builder::{Gateway, GatewayBuilder};
 /// The filter API, re-exported so a plugin crate needs only `gateway` as a dependency.

@@ -41,7 +41,7 @@ const STATES: [State; 5] = [
 
 /// The process's metric families.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     duration: HistogramVec,
@@ -152,10 +152,9 @@ impl Metrics {
     }
 
     /// The series of one route (looked up once per config version).
-    pub fn route(&self, route: &str, cluster: &str, window: BreakerConfig) -> RouteMetrics {
+    pub(crate) fn route(&self, route: &str, cluster: &str, window: BreakerConfig) -> RouteMetrics {
         let labels = [route, cluster];
         RouteMetrics {
-            route: route.into(),
             cluster: cluster.into(),
             by_class: CLASSES.map(|c| self.requests.with_label_values(&[route, cluster, c])),
             duration: self.duration.with_label_values(&labels),
@@ -172,7 +171,7 @@ impl Metrics {
     }
 
     /// The series of one cluster.
-    pub fn cluster(&self, cluster: &str) -> ClusterMetrics {
+    pub(crate) fn cluster(&self, cluster: &str) -> ClusterMetrics {
         let outcome = |o| self.attempts.with_label_values(&[cluster, o]);
         ClusterMetrics {
             success: outcome("success"),
@@ -185,14 +184,14 @@ impl Metrics {
     }
 
     /// Counts a breaker's state change.
-    pub fn breaker_transition(&self, cluster: &str, from: State, to: State) {
+    pub(crate) fn breaker_transition(&self, cluster: &str, from: State, to: State) {
         self.breaker_transitions
             .with_label_values(&[cluster, from.name(), to.name()])
             .inc();
     }
 
     /// Counts a request no route matched.
-    pub fn unrouted(&self, status: u16) {
+    pub(crate) fn unrouted(&self, status: u16) {
         let class = CLASSES
             .get(usize::from(status / 100))
             .copied()
@@ -201,19 +200,19 @@ impl Metrics {
     }
 
     /// Counts a request or connection refused by edge protection.
-    pub fn edge_refusal(&self, reason: &str) {
+    pub(crate) fn edge_refusal(&self, reason: &str) {
         self.edge_refusals.with_label_values(&[reason]).inc();
     }
 
     /// Counts a request a filter answered itself.
-    pub fn filter_rejection(&self, route: &str, filter: &str, status: u16) {
+    pub(crate) fn filter_rejection(&self, route: &str, filter: &str, status: u16) {
         self.filter_rejections
             .with_label_values(&[route, filter, itoa_status(status).as_str()])
             .inc();
     }
 
     /// Counts a fallback.
-    pub fn fallback(&self, route: &str, kind: &str, success: bool) {
+    pub(crate) fn fallback(&self, route: &str, kind: &str, success: bool) {
         let result = if success { "success" } else { "failure" };
         self.fallbacks
             .with_label_values(&[route, kind, result])
@@ -221,14 +220,14 @@ impl Metrics {
     }
 
     /// Counts a reload attempt.
-    pub fn config_reload(&self, result: &str, source: &str) {
+    pub(crate) fn config_reload(&self, result: &str, source: &str) {
         self.config_reloads
             .with_label_values(&[result, source])
             .inc();
     }
 
     /// The text exposition, with the state gauges read from `state` and `reloader` now.
-    pub fn render(&self, state: &GatewayState, reloader: Option<&Reloader>) -> String {
+    pub(crate) fn render(&self, state: &GatewayState, reloader: Option<&Reloader>) -> String {
         let _one = lock(&self.scrape);
         self.read_state(state, reloader);
         let mut out = Vec::with_capacity(64 * 1024);
@@ -335,7 +334,7 @@ impl StatusText {
 }
 
 /// The process-wide metrics.
-pub fn metrics() -> &'static Metrics {
+pub(crate) fn metrics() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
     METRICS.get_or_init(Metrics::new)
 }
@@ -343,8 +342,7 @@ pub fn metrics() -> &'static Metrics {
 /// One route's series and its rolling window (Hystrix's per-command metrics). Kept across
 /// config versions while the route keeps its name and cluster.
 #[derive(Debug)]
-pub struct RouteMetrics {
-    route: Arc<str>,
+pub(crate) struct RouteMetrics {
     cluster: Arc<str>,
     by_class: [IntCounter; 6],
     duration: Histogram,
@@ -358,7 +356,7 @@ pub struct RouteMetrics {
 
 /// What happened to one request, for the rolling window (Hystrix's event types).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RequestEvents {
+pub(crate) struct RequestEvents {
     /// The execution's result; `None` when no upstream call was wanted (a filter answered,
     /// the client went away).
     pub execution: Option<Event>,
@@ -367,18 +365,13 @@ pub struct RequestEvents {
 }
 
 impl RouteMetrics {
-    /// The route's name.
-    pub fn route(&self) -> &str {
-        &self.route
-    }
-
     /// The route's cluster.
-    pub fn cluster(&self) -> &str {
+    pub(crate) fn cluster(&self) -> &str {
         &self.cluster
     }
 
     /// Counts the request in flight until the guard drops.
-    pub fn start(self: &Arc<Self>) -> RouteInFlight {
+    pub(crate) fn start(self: &Arc<Self>) -> RouteInFlight {
         self.in_flight.inc();
         let now = self.in_flight.get();
         self.peak.fetch_max(now, Ordering::Relaxed);
@@ -386,7 +379,7 @@ impl RouteMetrics {
     }
 
     /// Records the end of a request: status class, latency, and its events in the window.
-    pub fn finish(&self, status: u16, elapsed: Duration, events: RequestEvents) {
+    pub(crate) fn finish(&self, status: u16, elapsed: Duration, events: RequestEvents) {
         if let Some(c) = self.by_class.get(usize::from(status / 100)) {
             c.inc();
         }
@@ -405,35 +398,35 @@ impl RouteMetrics {
     }
 
     /// Counts a retry.
-    pub fn retried(&self) {
+    pub(crate) fn retried(&self) {
         self.retries.inc();
     }
 
     /// Requests in flight now.
-    pub fn in_flight(&self) -> i64 {
+    pub(crate) fn in_flight(&self) -> i64 {
         self.in_flight.get()
     }
 
     /// The highest in-flight count since the last call (the sampler's reading).
-    pub fn take_peak(&self) -> i64 {
+    pub(crate) fn take_peak(&self) -> i64 {
         self.peak.swap(self.in_flight.get(), Ordering::Relaxed)
     }
 
     /// The window's counts and latency at `now`.
-    pub fn window(&self, now: Instant) -> (resilience::Counts, resilience::Latency) {
+    pub(crate) fn window(&self, now: Instant) -> (resilience::Counts, resilience::Latency) {
         let w = lock(&self.rolling);
         (w.counts(now), w.latency(now))
     }
 
     /// The window's length.
-    pub fn window_len(&self) -> Duration {
+    pub(crate) fn window_len(&self) -> Duration {
         self.window
     }
 }
 
 /// Holds a request in its route's in-flight gauge.
 #[derive(Debug)]
-pub struct RouteInFlight(Arc<RouteMetrics>);
+pub(crate) struct RouteInFlight(Arc<RouteMetrics>);
 
 impl Drop for RouteInFlight {
     fn drop(&mut self) {
@@ -443,7 +436,7 @@ impl Drop for RouteInFlight {
 
 /// One cluster's series.
 #[derive(Debug, Clone)]
-pub struct ClusterMetrics {
+pub(crate) struct ClusterMetrics {
     success: IntCounter,
     failure: IntCounter,
     timeout: IntCounter,
@@ -456,7 +449,7 @@ pub struct ClusterMetrics {
 
 impl ClusterMetrics {
     /// Records one upstream attempt.
-    pub fn attempt(&self, outcome: resilience::Outcome, latency: Duration) {
+    pub(crate) fn attempt(&self, outcome: resilience::Outcome, latency: Duration) {
         match outcome {
             resilience::Outcome::Success => self.success.inc(),
             resilience::Outcome::Failure => self.failure.inc(),

@@ -37,24 +37,24 @@ const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const MAX_REQUEST_ID: usize = 128;
 /// Attempts pingora may make per request: 10 retries (the config maximum), a fallback cluster,
 /// and a retry of a stale pooled connection. Each retry is decided by [`GatewayProxy`].
-pub const MAX_ATTEMPTS: usize = 13;
+pub(crate) const MAX_ATTEMPTS: usize = 13;
 
 /// The gateway's pingora proxy logic.
 #[derive(Debug, Clone)]
-pub struct GatewayProxy {
+pub(crate) struct GatewayProxy {
     state: Arc<GatewayState>,
 }
 
 impl GatewayProxy {
     /// Proxy logic over shared gateway state.
-    pub fn new(state: Arc<GatewayState>) -> Self {
+    pub(crate) fn new(state: Arc<GatewayState>) -> Self {
         Self { state }
     }
 }
 
 /// Per-request state carried between phases.
 #[derive(Debug)]
-pub struct RequestCtx {
+pub(crate) struct RequestCtx {
     runtime: Arc<Runtime>,
     route: Option<usize>,
     picked: Option<Picked>,
@@ -347,7 +347,7 @@ fn retry_decision(
     let cluster = call.target.clone().unwrap_or_else(|| route.cluster.clone());
     let policy = retry_policy(route, &cluster);
     let wanted = match failure {
-        Failure::ConnectFailure => policy.on.connect_failure,
+        Failure::Connect => policy.on.connect_failure,
         Failure::Timeout if !sent => policy.on.connect_failure || policy.on.timeout,
         Failure::Timeout => policy.on.timeout,
         Failure::Reset => policy.on.reset,
@@ -789,7 +789,7 @@ impl ProxyHttp for GatewayProxy {
         let (outcome, failure) = if e.etype() == &ErrorType::ConnectTimedout {
             (Outcome::Timeout, Failure::Timeout)
         } else {
-            (Outcome::Failure, Failure::ConnectFailure)
+            (Outcome::Failure, Failure::Connect)
         };
         attempt_failed(ctx, outcome, failure, now);
         let retry = retry_decision(session, ctx, failure, false, now);
@@ -1230,7 +1230,7 @@ fn request_events(ctx: &RequestCtx) -> RequestEvents {
         Failure::CircuitOpen => Event::ShortCircuited,
         Failure::BulkheadFull => Event::Rejected,
         Failure::Timeout => Event::Timeout,
-        Failure::ConnectFailure | Failure::Reset | Failure::Status(_) | Failure::NoEndpoints => {
+        Failure::Connect | Failure::Reset | Failure::Status(_) | Failure::NoEndpoints => {
             Event::Failure
         }
     };

@@ -24,7 +24,7 @@ use crate::runtime::{follow, GatewayState, Runtime};
 
 /// One accepted config document.
 #[derive(Debug, Clone, Serialize)]
-pub struct Version {
+pub(crate) struct Version {
     /// Increases by one with every applied version (rollbacks included).
     pub generation: u64,
     /// SHA-256 of the document, hex.
@@ -42,7 +42,7 @@ pub struct Version {
 
 /// The result of the last reload attempt.
 #[derive(Debug, Clone, Serialize)]
-pub struct Attempt {
+pub(crate) struct Attempt {
     /// When, ms since the Unix epoch.
     pub at_unix_ms: u64,
     /// Where the document came from.
@@ -57,7 +57,7 @@ pub struct Attempt {
 
 /// What [`Reloader::apply`] did.
 #[derive(Debug, Clone)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The document serves now as this generation.
     Applied(Version),
     /// The document is the running one; nothing changed.
@@ -144,7 +144,7 @@ struct History {
 
 /// Applies new config versions, one at a time, and remembers them.
 #[derive(Debug)]
-pub struct Reloader {
+pub(crate) struct Reloader {
     state: Arc<GatewayState>,
     registry: FilterRegistry,
     path: PathBuf,
@@ -160,7 +160,7 @@ impl Reloader {
     /// A reloader for the gateway started with `config` (read from `path`, whose document is
     /// `text`). `watches` are the first snapshot's discovery watches, started by
     /// [`Reloader::start`].
-    pub fn new(
+    pub(crate) fn new(
         state: Arc<GatewayState>,
         registry: FilterRegistry,
         path: &Path,
@@ -197,35 +197,35 @@ impl Reloader {
     }
 
     /// The reload sources the process was started with.
-    pub fn settings(&self) -> &ReloadSettings {
+    pub(crate) fn settings(&self) -> &ReloadSettings {
         &self.started.reload
     }
 
     /// The config file.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// The Consul settings the process was started with.
-    pub fn consul(&self) -> Option<&discovery::consul::ConsulConfig> {
+    pub(crate) fn consul(&self) -> Option<&discovery::consul::ConsulConfig> {
         self.started.consul.as_ref()
     }
 
     /// Starts the first snapshot's discovery watches on the current runtime, which also runs
     /// the watches of later versions.
-    pub async fn start(&self) {
+    pub(crate) async fn start(&self) {
         let handle = tokio::runtime::Handle::current();
         let _ = self.handle.set(handle.clone());
         self.running.lock().await.1.spawn_waiting(&handle);
     }
 
     /// Stops every discovery watch.
-    pub async fn stop(&self) {
+    pub(crate) async fn stop(&self) {
         self.running.lock().await.1.stop_all();
     }
 
     /// Reads the config file and applies it.
-    pub async fn reload_file(&self, source: &str) -> Outcome {
+    pub(crate) async fn reload_file(&self, source: &str) -> Outcome {
         match std::fs::read_to_string(&self.path) {
             Ok(text) => self.apply(&text, source).await,
             Err(e) => {
@@ -237,7 +237,7 @@ impl Reloader {
 
     /// Validates `text` completely, builds its snapshot (keeping the state of what did not
     /// change) and swaps it in; or rejects it and keeps the running version.
-    pub async fn apply(&self, text: &str, source: &str) -> Outcome {
+    pub(crate) async fn apply(&self, text: &str, source: &str) -> Outcome {
         let mut running = self.running.lock().await;
         let hash = sha256_hex(text);
         let current = self.current();
@@ -320,7 +320,7 @@ impl Reloader {
     }
 
     /// Applies the document of an earlier generation again (as a new generation).
-    pub async fn rollback(&self, generation: u64) -> Option<Outcome> {
+    pub(crate) async fn rollback(&self, generation: u64) -> Option<Outcome> {
         let text = self
             .lock_history()
             .versions
@@ -406,7 +406,7 @@ impl Reloader {
     }
 
     /// The version serving now.
-    pub fn current(&self) -> Version {
+    pub(crate) fn current(&self) -> Version {
         let history = self.lock_history();
         history
             .versions
@@ -423,13 +423,13 @@ impl Reloader {
     }
 
     /// The kept versions, newest first.
-    pub fn versions(&self) -> Vec<Version> {
+    pub(crate) fn versions(&self) -> Vec<Version> {
         self.lock_history().versions.iter().cloned().collect()
     }
 
     /// The admin view: the current version, the last attempt, the rejections so far and the
     /// active sources.
-    pub fn status(&self) -> serde_json::Value {
+    pub(crate) fn status(&self) -> serde_json::Value {
         let history = self.lock_history();
         let r = &self.started.reload;
         serde_json::json!({
@@ -451,7 +451,7 @@ impl Reloader {
 /// Watches the config file and reloads it after `debounce` of quiet. The directory is
 /// watched, not the file, so editors that write a new file and rename it over the old one
 /// (vim, sed -i, Kubernetes ConfigMap symlink swaps) are seen too.
-pub async fn watch_file(reloader: Arc<Reloader>, debounce: Duration) {
+pub(crate) async fn watch_file(reloader: Arc<Reloader>, debounce: Duration) {
     use notify::{RecursiveMode, Watcher};
     let path = reloader.path().to_owned();
     let dir = match path.parent() {
@@ -497,7 +497,11 @@ pub async fn watch_file(reloader: Arc<Reloader>, debounce: Duration) {
 /// apply, so a fleet of gateways follows one source. Same rules as discovery watches (index
 /// sent back, backwards resets, a token bucket, backoff with jitter, a fresh read after a
 /// failure). An absent or unchanged key applies nothing.
-pub async fn watch_kv(reloader: Arc<Reloader>, consul: discovery::consul::Consul, key: String) {
+pub(crate) async fn watch_kv(
+    reloader: Arc<Reloader>,
+    consul: discovery::consul::Consul,
+    key: String,
+) {
     use discovery::consul::{backoff, next_index, TokenBucket};
     let config = consul.config().clone();
     let mut bucket = TokenBucket::new(config.max_queries_per_second, config.burst);
@@ -556,7 +560,7 @@ pub async fn watch_kv(reloader: Arc<Reloader>, consul: discovery::consul::Consul
 }
 
 /// Reloads the config file on every SIGHUP.
-pub async fn on_sighup(reloader: Arc<Reloader>) {
+pub(crate) async fn on_sighup(reloader: Arc<Reloader>) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => s,

@@ -24,7 +24,7 @@ use resilience::BreakerConfig;
 
 /// A route bound to its cluster and its filter chain.
 #[derive(Debug)]
-pub struct Route {
+pub(crate) struct Route {
     /// Unique name.
     pub name: Arc<str>,
     /// Conditions.
@@ -47,7 +47,7 @@ pub struct Route {
 
 /// Everything a request needs, for one config version.
 #[derive(Debug)]
-pub struct Runtime {
+pub(crate) struct Runtime {
     /// Routes in match order.
     pub routes: Vec<Route>,
     /// Clusters in declaration order.
@@ -73,7 +73,10 @@ pub struct Runtime {
 impl Runtime {
     /// The edge settings of the listener a connection arrived on (its local address; a
     /// wildcard listener matches by port).
-    pub fn listener_edge(&self, local: Option<std::net::SocketAddr>) -> &crate::edge::ListenerEdge {
+    pub(crate) fn listener_edge(
+        &self,
+        local: Option<std::net::SocketAddr>,
+    ) -> &crate::edge::ListenerEdge {
         let Some(local) = local else {
             return &self.default_edge;
         };
@@ -87,7 +90,7 @@ impl Runtime {
 
     /// Builds the first snapshot; clusters start empty and are filled by
     /// [`Runtime::discovery_watches`].
-    pub fn build(config: &Config) -> Self {
+    pub(crate) fn build(config: &Config) -> Self {
         Self::build_from(config, None)
     }
 
@@ -97,7 +100,7 @@ impl Runtime {
     /// settings (rate-limit buckets), and the last-good stores of routes whose fallback
     /// settings stayed. A cluster whose settings changed starts fresh, seeded with the old
     /// cluster's endpoints when it still has the same endpoint source.
-    pub fn build_from(config: &Config, previous: Option<&Runtime>) -> Self {
+    pub(crate) fn build_from(config: &Config, previous: Option<&Runtime>) -> Self {
         let old_cluster = |name: &str| {
             previous.and_then(|p| p.clusters.iter().find(|c| c.name() == name).cloned())
         };
@@ -201,19 +204,19 @@ impl Runtime {
     }
 
     /// Index of the first route matching the request.
-    pub fn find_route(&self, req: &RequestView<'_>) -> Option<usize> {
+    pub(crate) fn find_route(&self, req: &RequestView<'_>) -> Option<usize> {
         self.routes.iter().position(|r| r.matcher.matches(req))
     }
 
     /// Starts discovery for every cluster: the first update of each watch is applied now when
     /// it is already available (static endpoints), so the gateway serves from its first request;
     /// the returned streams carry later updates and are driven by [`follow`].
-    pub fn discovery_watches(&self, config: &Config) -> Vec<(Arc<Cluster>, UpdateStream)> {
+    pub(crate) fn discovery_watches(&self, config: &Config) -> Vec<(Arc<Cluster>, UpdateStream)> {
         Self::watches_for(&self.clusters, config)
     }
 
     /// Starts the discovery watches of `clusters` (static ones are filled at once).
-    pub fn watches_for(
+    pub(crate) fn watches_for(
         clusters: &[Arc<Cluster>],
         config: &Config,
     ) -> Vec<(Arc<Cluster>, UpdateStream)> {
@@ -265,7 +268,7 @@ impl Runtime {
         watches
     }
 
-    pub fn route_status(&self) -> Vec<RouteStatus> {
+    pub(crate) fn route_status(&self) -> Vec<RouteStatus> {
         self.routes
             .iter()
             .map(|r| RouteStatus {
@@ -310,7 +313,7 @@ impl Runtime {
 
 /// Drives a discovery stream, applying its updates to the cluster until the stream ends. The
 /// updates of one answer (a source's diff) are installed together, as one new table.
-pub async fn follow(cluster: Arc<Cluster>, mut updates: UpdateStream) {
+pub(crate) async fn follow(cluster: Arc<Cluster>, mut updates: UpdateStream) {
     let mut set = EndpointSet::default();
     while let Some(update) = updates.next().await {
         let mut changed = set.apply(update);
@@ -332,7 +335,7 @@ pub async fn follow(cluster: Arc<Cluster>, mut updates: UpdateStream) {
 
 /// Admin view of a route.
 #[derive(Debug, Serialize)]
-pub struct RouteStatus {
+pub(crate) struct RouteStatus {
     name: String,
     cluster: String,
     host: Option<String>,
@@ -345,7 +348,7 @@ pub struct RouteStatus {
 
 /// State shared by the proxy services, the admin API and shutdown.
 #[derive(Debug)]
-pub struct GatewayState {
+pub(crate) struct GatewayState {
     runtime: ArcSwap<Runtime>,
     in_flight: AtomicU64,
     idle: Notify,
@@ -354,7 +357,7 @@ pub struct GatewayState {
 
 impl GatewayState {
     /// State serving `runtime`.
-    pub fn new(runtime: Runtime) -> Self {
+    pub(crate) fn new(runtime: Runtime) -> Self {
         Self {
             runtime: ArcSwap::from_pointee(runtime),
             in_flight: AtomicU64::new(0),
@@ -364,38 +367,38 @@ impl GatewayState {
     }
 
     /// The current snapshot.
-    pub fn runtime(&self) -> Arc<Runtime> {
+    pub(crate) fn runtime(&self) -> Arc<Runtime> {
         self.runtime.load_full()
     }
 
     /// Installs a new snapshot; requests already running keep the one they loaded.
-    pub fn swap(&self, runtime: Arc<Runtime>) {
+    pub(crate) fn swap(&self, runtime: Arc<Runtime>) {
         self.runtime.store(runtime);
     }
 
     /// Requests being served right now.
-    pub fn in_flight(&self) -> u64 {
+    pub(crate) fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Acquire)
     }
 
     /// Counts a request as in flight until the guard drops.
-    pub fn track(self: &Arc<Self>) -> InFlightGuard {
+    pub(crate) fn track(self: &Arc<Self>) -> InFlightGuard {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlightGuard(self.clone())
     }
 
     /// Whether shutdown has begun (readiness then fails so load balancers stop sending).
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
 
     /// Marks shutdown as begun.
-    pub fn start_draining(&self) {
+    pub(crate) fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);
     }
 
     /// Waits until no request is in flight.
-    pub async fn wait_idle(&self) {
+    pub(crate) async fn wait_idle(&self) {
         loop {
             let notified = self.idle.notified();
             if self.in_flight() == 0 {
@@ -408,7 +411,7 @@ impl GatewayState {
 
 /// Holds one request in the in-flight count.
 #[derive(Debug)]
-pub struct InFlightGuard(Arc<GatewayState>);
+pub(crate) struct InFlightGuard(Arc<GatewayState>);
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {

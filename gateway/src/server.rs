@@ -25,7 +25,7 @@ use filters::FilterRegistry;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub(crate) enum StartError {
     /// A listener address could not be bound.
     #[error("cannot listen on {address} ({what}): {source}; fix: free the port or change the address in the config")]
     Bind {
@@ -52,7 +52,7 @@ pub enum StartError {
 }
 
 /// Something to run before the process exits after a drain (flushes the log writer).
-pub type ExitHook = Box<dyn FnOnce() + Send>;
+pub(crate) type ExitHook = Box<dyn FnOnce() + Send>;
 
 /// Serves `config` until SIGTERM (drain, then exit), SIGQUIT (hand the listening sockets to
 /// an upgraded process, then drain and exit) or SIGINT (exit now).
@@ -62,7 +62,7 @@ pub type ExitHook = Box<dyn FnOnce() + Send>;
 /// With `upgrade`, the listening sockets are taken over from the running gateway (pingora's
 /// graceful upgrade through `[server] upgrade_sock`), which is sent SIGQUIT when
 /// `[server] pid_file` names it.
-pub fn run(
+pub(crate) fn run(
     config: Config,
     path: &Path,
     text: &str,

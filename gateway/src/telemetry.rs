@@ -32,20 +32,16 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 
 /// The `traceparent` header.
-pub const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+pub(crate) const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 /// The `tracestate` header.
-pub const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
+pub(crate) const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
 
 static TRACER: OnceLock<SdkTracer> = OnceLock::new();
-
-/// Whether the `OTEL_*` environment (read through `var`) turns trace export on
-/// ([`otel_env::export_wanted`]).
-pub use otel_env::export_wanted;
 
 /// Turns trace export on when the environment asks for it ([`otel_env::init_from_env`]) and
 /// keeps the gateway's tracer; keep the provider and call [`SdkTracerProvider::shutdown`]
 /// before exiting so queued spans are sent.
-pub fn init_from_env(service: &'static str) -> Result<Option<SdkTracerProvider>, String> {
+pub(crate) fn init_from_env(service: &'static str) -> Result<Option<SdkTracerProvider>, String> {
     let provider = otel_env::init_from_env(service)?;
     if let Some(p) = &provider {
         let _ = TRACER.set(p.tracer("gateway"));
@@ -78,7 +74,7 @@ fn random_nonzero_u64() -> u64 {
 
 /// The trace context of one request through the gateway.
 #[derive(Debug)]
-pub struct RequestTrace {
+pub(crate) struct RequestTrace {
     /// The client's context (or the one started here when tracing is off).
     incoming: SpanContext,
     /// The server span, when tracing is on.
@@ -103,7 +99,7 @@ impl Default for RequestTrace {
 impl RequestTrace {
     /// Accepts the client's `traceparent`/`tracestate` or starts a trace, and opens the server
     /// span when tracing is on.
-    pub fn start(
+    pub(crate) fn start(
         headers: &HeaderMap,
         method: &str,
         path: &str,
@@ -158,12 +154,12 @@ impl RequestTrace {
     }
 
     /// The trace id (valid for every request).
-    pub fn trace_id(&self) -> TraceId {
+    pub(crate) fn trace_id(&self) -> TraceId {
         self.trace_id
     }
 
     /// Names the server span after the matched route (`GET orders`), as `http.route` does.
-    pub fn set_route(&self, method: &str, route: &str, cluster: &str) {
+    pub(crate) fn set_route(&self, method: &str, route: &str, cluster: &str) {
         if let Some(cx) = &self.server {
             let span = cx.span();
             span.update_name(format!("{method} {route}"));
@@ -182,7 +178,7 @@ impl RequestTrace {
     }
 
     /// `traceparent` (and `tracestate`, when there is one) for the upstream request.
-    pub fn upstream_headers(&self) -> (Option<HeaderValue>, Option<HeaderValue>) {
+    pub(crate) fn upstream_headers(&self) -> (Option<HeaderValue>, Option<HeaderValue>) {
         let sc = self.upstream_context();
         if !sc.is_valid() {
             return (None, None);
@@ -203,7 +199,7 @@ impl RequestTrace {
     }
 
     /// Opens the span of one upstream attempt.
-    pub fn attempt_started(
+    pub(crate) fn attempt_started(
         &mut self,
         cluster: &str,
         endpoint: SocketAddr,
@@ -234,7 +230,7 @@ impl RequestTrace {
     }
 
     /// Records the attempt's response status (the span ends with the request).
-    pub fn attempt_answered(&self, status: u16, failed: bool) {
+    pub(crate) fn attempt_answered(&self, status: u16, failed: bool) {
         if let Some(cx) = &self.attempt {
             let span = cx.span();
             span.set_attribute(KeyValue::new(
@@ -248,7 +244,7 @@ impl RequestTrace {
     }
 
     /// Ends the attempt's span, as failed with `error` when given.
-    pub fn end_attempt(&mut self, error: Option<&str>) {
+    pub(crate) fn end_attempt(&mut self, error: Option<&str>) {
         if let Some(cx) = self.attempt.take() {
             let span = cx.span();
             if let Some(e) = error {
@@ -261,7 +257,7 @@ impl RequestTrace {
 
     /// A span for something the gateway did in place of the upstream (a filter's answer, a
     /// local fallback), from `started` to now.
-    pub fn local_span(&self, name: String, started: SystemTime, attrs: Vec<KeyValue>) {
+    pub(crate) fn local_span(&self, name: String, started: SystemTime, attrs: Vec<KeyValue>) {
         let (Some(tracer), Some(server)) = (tracer(), &self.server) else {
             return;
         };
@@ -276,7 +272,7 @@ impl RequestTrace {
 
     /// Ends the server span with the response status and, when the gateway answered itself,
     /// its reason.
-    pub fn finish(&mut self, status: u16, reason: Option<&str>) {
+    pub(crate) fn finish(&mut self, status: u16, reason: Option<&str>) {
         self.end_attempt(None);
         let Some(cx) = self.server.take() else {
             return;
@@ -299,7 +295,7 @@ impl RequestTrace {
 }
 
 /// A start time `elapsed` before now.
-pub fn started_ago(elapsed: Duration) -> SystemTime {
+pub(crate) fn started_ago(elapsed: Duration) -> SystemTime {
     SystemTime::now()
         .checked_sub(elapsed)
         .unwrap_or_else(SystemTime::now)

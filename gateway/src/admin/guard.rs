@@ -19,7 +19,7 @@ use crate::config::AdminSettings;
 use crate::runtime::GatewayState;
 
 /// The header a script or CLI sends on mutating admin requests.
-pub const ADMIN_HEADER: &str = "x-gateway-admin";
+pub(crate) const ADMIN_HEADER: &str = "x-gateway-admin";
 
 /// Paths served without a token (probes and the dashboard's static files).
 fn open_path(path: &str) -> bool {

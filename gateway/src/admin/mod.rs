@@ -19,18 +19,16 @@ use crate::runtime::GatewayState;
 
 mod guard;
 
-pub use guard::ADMIN_HEADER;
-
 /// The admin router over shared state and the reloader, behind the admin lock
 /// ([`guard`]: allowed hosts, the bearer token, the CSRF check).
-pub fn router(state: Arc<GatewayState>, reloader: Arc<Reloader>) -> Router {
+pub(crate) fn router(state: Arc<GatewayState>, reloader: Arc<Reloader>) -> Router {
     unguarded(state.clone(), reloader)
         .layer(axum::middleware::from_fn_with_state(state, guard::guard))
 }
 
 /// The read-only status listener (`[admin] status_address`): `/metrics`, `/healthz`,
 /// `/readyz` and `/hystrix.stream`, nothing that changes or reveals configuration.
-pub fn status_router(state: Arc<GatewayState>, reloader: Arc<Reloader>) -> Router {
+pub(crate) fn status_router(state: Arc<GatewayState>, reloader: Arc<Reloader>) -> Router {
     let stream = Arc::new(HystrixStream::new(state.clone()));
     Router::new()
         .route("/metrics", get(metrics))

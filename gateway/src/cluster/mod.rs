@@ -22,7 +22,7 @@ use balance::Balancer;
 /// Live state of one endpoint: its current description and peer, and counters that survive
 /// endpoint-set updates keeping its address (a new weight or tags from discovery keep them).
 #[derive(Debug)]
-pub struct EndpointState {
+pub(crate) struct EndpointState {
     endpoint: Endpoint,
     peer: HttpPeer,
     stats: Arc<EndpointStats>,
@@ -30,7 +30,7 @@ pub struct EndpointState {
 
 /// The counters of one endpoint address (load, outcomes, outlier ejection).
 #[derive(Debug, Default)]
-pub struct EndpointStats {
+pub(crate) struct EndpointStats {
     in_flight: AtomicU64,
     requests: AtomicU64,
     failures: AtomicU64,
@@ -81,23 +81,23 @@ impl EndpointState {
     }
 
     /// Whether outlier detection has taken this endpoint out of rotation at `now`.
-    pub fn is_ejected(&self, now: Instant) -> bool {
+    pub(crate) fn is_ejected(&self, now: Instant) -> bool {
         let until = self.ejected_until.load(Ordering::Relaxed);
         until != 0 && clock_ms(now) < until
     }
 
     /// The endpoint.
-    pub fn endpoint(&self) -> &Endpoint {
+    pub(crate) fn endpoint(&self) -> &Endpoint {
         &self.endpoint
     }
 
     /// A peer to hand to pingora for one attempt.
-    pub fn peer(&self) -> Box<HttpPeer> {
+    pub(crate) fn peer(&self) -> Box<HttpPeer> {
         Box::new(self.peer.clone())
     }
 
     /// Requests currently outstanding to this endpoint.
-    pub fn in_flight(&self) -> u64 {
+    pub(crate) fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
     }
 
@@ -111,7 +111,7 @@ impl EndpointState {
 
 /// An endpoint chosen for one request; it counts as in flight until dropped.
 #[derive(Debug)]
-pub struct Picked(Arc<EndpointState>);
+pub(crate) struct Picked(Arc<EndpointState>);
 
 impl Picked {
     fn new(state: Arc<EndpointState>) -> Self {
@@ -143,7 +143,7 @@ struct EndpointTable {
 
 /// A named set of endpoints and how to reach and choose them.
 #[derive(Debug)]
-pub struct Cluster {
+pub(crate) struct Cluster {
     spec: ClusterSpec,
     table: ArcSwap<EndpointTable>,
     ready: AtomicBool,
@@ -166,7 +166,7 @@ fn on_transition(t: &Transition) {
 
 impl Cluster {
     /// A cluster with no endpoints yet; it is not ready until the first [`Cluster::update`].
-    pub fn new(spec: ClusterSpec) -> Self {
+    pub(crate) fn new(spec: ClusterSpec) -> Self {
         let table = EndpointTable {
             endpoints: Vec::new(),
             balancer: Balancer::new(&spec.load_balancing, &[]),
@@ -194,34 +194,34 @@ impl Cluster {
     }
 
     /// The cluster's Prometheus series.
-    pub fn metrics(&self) -> &ClusterMetrics {
+    pub(crate) fn metrics(&self) -> &ClusterMetrics {
         &self.metrics
     }
 
     /// Endpoints serving and ejected by outlier detection at `now`.
-    pub fn endpoint_counts(&self, now: Instant) -> (usize, usize) {
+    pub(crate) fn endpoint_counts(&self, now: Instant) -> (usize, usize) {
         let table = self.table.load();
         let ejected = table.endpoints.iter().filter(|e| e.is_ejected(now)).count();
         (table.endpoints.len() - ejected, ejected)
     }
 
     /// The cluster's circuit breaker (`None` when disabled).
-    pub fn breaker(&self) -> Option<&Arc<CircuitBreaker>> {
+    pub(crate) fn breaker(&self) -> Option<&Arc<CircuitBreaker>> {
         self.breaker.as_ref()
     }
 
     /// The cluster's bulkhead.
-    pub fn bulkhead(&self) -> &Bulkhead {
+    pub(crate) fn bulkhead(&self) -> &Bulkhead {
         &self.bulkhead
     }
 
     /// The cluster's retry budget.
-    pub fn budget(&self) -> &RetryBudget {
+    pub(crate) fn budget(&self) -> &RetryBudget {
         &self.budget
     }
 
     /// Records a successful attempt to `picked` (ends its run of failures).
-    pub fn endpoint_succeeded(&self, picked: &Picked) {
+    pub(crate) fn endpoint_succeeded(&self, picked: &Picked) {
         if picked.consecutive_failures.load(Ordering::Relaxed) != 0 {
             picked.consecutive_failures.store(0, Ordering::Relaxed);
         }
@@ -229,7 +229,7 @@ impl Cluster {
 
     /// Records a failed attempt to `picked`; with outlier detection on, enough failures in a
     /// row eject it for a growing interval, unless too much of the cluster is ejected already.
-    pub fn endpoint_failed(&self, picked: &Picked, now: Instant) {
+    pub(crate) fn endpoint_failed(&self, picked: &Picked, now: Instant) {
         let run = picked.record_failure();
         let Some(o) = self.spec.policy.outlier else {
             return;
@@ -262,17 +262,17 @@ impl Cluster {
     }
 
     /// The cluster's settings.
-    pub fn spec(&self) -> &ClusterSpec {
+    pub(crate) fn spec(&self) -> &ClusterSpec {
         &self.spec
     }
 
     /// The cluster's name.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.spec.name
     }
 
     /// Records which discovery source feeds this cluster and how to see its health.
-    pub fn set_discovery(
+    pub(crate) fn set_discovery(
         &self,
         kind: &'static str,
         health: tokio::sync::watch::Receiver<SourceHealth>,
@@ -281,19 +281,19 @@ impl Cluster {
     }
 
     /// The discovery source's health (`None` before the watch started).
-    pub fn discovery_health(&self) -> Option<SourceHealth> {
+    pub(crate) fn discovery_health(&self) -> Option<SourceHealth> {
         self.discovery.get().map(|(_, h)| h.borrow().clone())
     }
 
     /// Whether discovery has delivered the first endpoint set.
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
 
     /// Installs a new endpoint set. Endpoints that stay (same address) keep their counters,
     /// outlier state and pooled connections, even when their weight or tags change; in-flight
     /// requests keep the endpoint they were given.
-    pub fn update(&self, set: &EndpointSet) {
+    pub(crate) fn update(&self, set: &EndpointSet) {
         let current = self.table.load();
         let endpoints: Vec<Arc<EndpointState>> = set
             .iter()
@@ -329,21 +329,10 @@ impl Cluster {
         self.ready.store(true, Ordering::Release);
     }
 
-    /// The current endpoints.
-    pub fn endpoint_set(&self) -> EndpointSet {
-        EndpointSet::from_endpoints(
-            self.table
-                .load()
-                .endpoints
-                .iter()
-                .map(|s| s.endpoint.clone()),
-        )
-    }
-
     /// Starts with `old`'s endpoints (and their counters and outlier state) when `old` was
     /// ready, so a cluster whose settings changed serves at once instead of waiting for its
     /// discovery source's first answer.
-    pub fn seed_from(&self, old: &Cluster) {
+    pub(crate) fn seed_from(&self, old: &Cluster) {
         if !old.is_ready() {
             return;
         }
@@ -362,16 +351,10 @@ impl Cluster {
         self.install(endpoints);
     }
 
-    /// Chooses an endpoint; `hash_key` is used by consistent hashing only. `None` when the
-    /// cluster has no endpoints.
-    pub fn pick(&self, hash_key: &[u8]) -> Option<Picked> {
-        self.pick_avoiding(hash_key, &[], Instant::now())
-    }
-
     /// Chooses an endpoint that is neither ejected nor in `avoid` (the endpoints a request
     /// already tried). When every endpoint is excluded, ejected ones are used again (better a
     /// suspect endpoint than none), and then tried ones.
-    pub fn pick_avoiding(
+    pub(crate) fn pick_avoiding(
         &self,
         hash_key: &[u8],
         avoid: &[SocketAddr],
@@ -431,13 +414,8 @@ impl Cluster {
         }
     }
 
-    /// Whether endpoint choice needs a hash key from the request.
-    pub fn hashes(&self) -> bool {
-        matches!(self.spec.load_balancing, LoadBalancing::ConsistentHash(_))
-    }
-
     /// A snapshot for the admin API.
-    pub fn status(&self) -> ClusterStatus {
+    pub(crate) fn status(&self) -> ClusterStatus {
         let table = self.table.load();
         ClusterStatus {
             name: self.spec.name.clone(),
@@ -479,7 +457,7 @@ impl Cluster {
 
 /// Admin view of a cluster.
 #[derive(Debug, Serialize)]
-pub struct ClusterStatus {
+pub(crate) struct ClusterStatus {
     name: String,
     ready: bool,
     discovery: DiscoveryStatus,
@@ -493,7 +471,7 @@ pub struct ClusterStatus {
 
 /// Admin view of where a cluster's endpoints come from and how fresh they are.
 #[derive(Debug, Serialize)]
-pub struct DiscoveryStatus {
+pub(crate) struct DiscoveryStatus {
     source: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     service: Option<String>,
@@ -515,7 +493,7 @@ pub struct DiscoveryStatus {
 
 /// Admin view of an endpoint.
 #[derive(Debug, Serialize)]
-pub struct EndpointStatus {
+pub(crate) struct EndpointStatus {
     address: String,
     weight: u32,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -530,7 +508,7 @@ pub struct EndpointStatus {
 }
 
 /// Admin view of a cluster's breaker, bulkhead and retry budget.
-pub fn resilience_status(cluster: &Cluster, now: Instant) -> serde_json::Value {
+pub(crate) fn resilience_status(cluster: &Cluster, now: Instant) -> serde_json::Value {
     let counts = |c: &resilience::Counts| {
         let mut m = serde_json::Map::new();
         for e in resilience::Event::ALL {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 /// One problem in a config document.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigIssue {
+pub(crate) struct ConfigIssue {
     /// 1-based line and column, when the problem has a place in the document.
     pub position: Option<(usize, usize)>,
     /// What is wrong.
@@ -18,7 +18,7 @@ pub struct ConfigIssue {
 /// Everything wrong with a config document; loading stops at the first syntax error but
 /// collects every semantic one.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
+pub(crate) struct ConfigError {
     /// The document's name (its path, or `<admin>` for a pushed document).
     pub source_name: PathBuf,
     /// The problems, in document order.

@@ -7,17 +7,19 @@ mod raw;
 pub(crate) mod secrets;
 mod validate;
 
-pub use secrets::redact;
+pub(crate) use secrets::redact;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use error::{ConfigError, ConfigIssue};
-pub use policy::{
-    BreakerSettings, BulkheadSettings, ClusterPolicy, FallbackOn, FallbackSpec, LastGoodSettings,
-    OutlierSettings, RetryOn, RetryPolicy, RoutePolicy, StaticResponse, StatusSet,
+pub(crate) use error::ConfigError;
+pub(crate) use policy::{
+    ClusterPolicy, FallbackOn, FallbackSpec, LastGoodSettings, RetryPolicy, RoutePolicy,
+    StaticResponse,
 };
+#[cfg(test)]
+pub(crate) use policy::{OutlierSettings, StatusSet};
 
 use discovery::Endpoint;
 use filters::{FilterRegistry, NamedFilter};
@@ -27,7 +29,7 @@ use crate::router::{Rewrite, RouteMatch};
 
 /// A complete, validated gateway configuration.
 #[derive(Debug, Clone)]
-pub struct Config {
+pub(crate) struct Config {
     /// Process-wide settings.
     pub server: ServerSettings,
     /// The admin listener.
@@ -52,7 +54,7 @@ pub struct Config {
 
 /// `[reload]`: where new versions of the config may come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReloadSettings {
+pub(crate) struct ReloadSettings {
     /// Reload when the config file changes (editors that replace the file included).
     pub watch_file: bool,
     /// Quiet time after the last file change before reloading.
@@ -82,7 +84,7 @@ impl Default for ReloadSettings {
 
 /// Process-wide settings (`[server]`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct ServerSettings {
+pub(crate) struct ServerSettings {
     /// Worker threads per proxy service.
     pub threads: usize,
     /// Whether worker threads steal work from each other (default: when `threads > 1`).
@@ -104,7 +106,7 @@ pub struct ServerSettings {
 
 /// The admin listener (`[admin]`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct AdminSettings {
+pub(crate) struct AdminSettings {
     /// Where the admin API listens (loopback by default).
     pub address: SocketAddr,
     /// Bearer token every admin request but `/healthz` and `/readyz` must carry.
@@ -117,16 +119,16 @@ pub struct AdminSettings {
 
 /// A secret resolved at load: never printed by `Debug`.
 #[derive(Clone, PartialEq, Eq)]
-pub struct SecretString(String);
+pub(crate) struct SecretString(String);
 
 impl SecretString {
     /// Wraps a secret value.
-    pub fn new(value: String) -> Self {
+    pub(crate) fn new(value: String) -> Self {
         Self(value)
     }
 
     /// The secret itself, for comparison.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -139,7 +141,7 @@ impl std::fmt::Debug for SecretString {
 
 /// Access-log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// One JSON object per line.
     Json,
     /// `key=value` text.
@@ -148,7 +150,7 @@ pub enum LogFormat {
 
 /// `[access_log]`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct AccessLogSettings {
+pub(crate) struct AccessLogSettings {
     /// Whether a line is written per request.
     pub enabled: bool,
     /// Line format.
@@ -157,7 +159,7 @@ pub struct AccessLogSettings {
 
 /// A client-facing listener (`[[listeners]]`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct ListenerSpec {
+pub(crate) struct ListenerSpec {
     /// Name for logs.
     pub name: String,
     /// Bind address.
@@ -173,7 +175,7 @@ pub struct ListenerSpec {
 
 /// PEM files of a TLS listener.
 #[derive(Debug, Clone, PartialEq)]
-pub struct TlsFiles {
+pub(crate) struct TlsFiles {
     /// Certificate chain.
     pub cert: PathBuf,
     /// Private key.
@@ -182,7 +184,7 @@ pub struct TlsFiles {
 
 /// How a cluster chooses an endpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LoadBalancing {
+pub(crate) enum LoadBalancing {
     /// Power of two random choices, least outstanding requests (weighted).
     LeastRequest,
     /// Weighted round robin.
@@ -193,7 +195,7 @@ pub enum LoadBalancing {
 
 /// The request value a consistent-hash cluster hashes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HashKey {
+pub(crate) enum HashKey {
     /// A request header (falls back to the client address when absent).
     Header(HeaderName),
     /// A cookie (falls back to the client address when absent).
@@ -208,7 +210,7 @@ pub enum HashKey {
 
 /// Protocol spoken to a cluster's endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamProtocol {
+pub(crate) enum UpstreamProtocol {
     /// HTTP/1.1 with keep-alive.
     Http1,
     /// HTTP/2 over plain TCP with prior knowledge (gRPC backends).
@@ -217,7 +219,7 @@ pub enum UpstreamProtocol {
 
 /// Per-cluster timeouts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClusterTimeouts {
+pub(crate) struct ClusterTimeouts {
     /// TCP connect.
     pub connect: Duration,
     /// Longest wait for any read from the upstream (idle time between bytes).
@@ -230,7 +232,7 @@ pub struct ClusterTimeouts {
 
 /// Where a cluster's endpoints come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EndpointSource {
+pub(crate) enum EndpointSource {
     /// Listed in the config file.
     Static(Vec<Endpoint>),
     /// The passing instances of a Consul service (optionally a tag/meta subset).
@@ -239,7 +241,7 @@ pub enum EndpointSource {
 
 /// An upstream cluster (`[clusters.NAME]`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct ClusterSpec {
+pub(crate) struct ClusterSpec {
     /// Unique name.
     pub name: String,
     /// Where endpoints come from.
@@ -258,7 +260,7 @@ pub struct ClusterSpec {
 
 /// A route (`[[routes]]`).
 #[derive(Debug, Clone)]
-pub struct RouteSpec {
+pub(crate) struct RouteSpec {
     /// Unique name.
     pub name: String,
     /// Index into [`Config::clusters`].
@@ -274,25 +276,21 @@ pub struct RouteSpec {
 }
 
 impl Config {
-    /// Reads and validates a config file with the built-in filters.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        Self::load_with(path, &FilterRegistry::with_builtins())
-    }
-
     /// Reads and validates a config file; filter names resolve in `registry`.
-    pub fn load_with(path: &Path, registry: &FilterRegistry) -> Result<Self, ConfigError> {
+    pub(crate) fn load_with(path: &Path, registry: &FilterRegistry) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::io(path, &e))?;
         Self::parse_with(&text, path, registry)
     }
 
     /// Validates a config document with the built-in filters; `source_name` names it in
     /// errors, and relative file paths (TLS, keys) are resolved against its directory.
-    pub fn parse(text: &str, source_name: &Path) -> Result<Self, ConfigError> {
+    #[cfg(test)]
+    pub(crate) fn parse(text: &str, source_name: &Path) -> Result<Self, ConfigError> {
         Self::parse_with(text, source_name, &FilterRegistry::with_builtins())
     }
 
     /// Validates a config document; filters are built by the factories in `registry`.
-    pub fn parse_with(
+    pub(crate) fn parse_with(
         text: &str,
         source_name: &Path,
         registry: &FilterRegistry,
@@ -301,7 +299,7 @@ impl Config {
     }
 
     /// Settings that are valid but unsafe at an edge, for `gateway check` and the start log.
-    pub fn warnings(&self) -> Vec<String> {
+    pub(crate) fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
         if !self.admin.address.ip().is_loopback() && self.admin.token.is_none() {
             out.push(format!(
@@ -324,7 +322,8 @@ impl Config {
     }
 
     /// The cluster a route sends to.
-    pub fn route_cluster(&self, route: &RouteSpec) -> &ClusterSpec {
+    #[cfg(test)]
+    pub(crate) fn route_cluster(&self, route: &RouteSpec) -> &ClusterSpec {
         // invariant: validation only accepts routes whose cluster index exists.
         &self.clusters[route.cluster]
     }

@@ -9,11 +9,11 @@ use resilience::{BreakerConfig, BudgetConfig, BulkheadConfig};
 
 /// A set of HTTP status codes (100-639).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct StatusSet([u64; 10]);
+pub(crate) struct StatusSet([u64; 10]);
 
 impl StatusSet {
     /// Every status from `from` to `to`, inclusive.
-    pub fn range(from: u16, to: u16) -> Self {
+    pub(crate) fn range(from: u16, to: u16) -> Self {
         let mut s = Self::default();
         for c in from..=to {
             s.insert(c);
@@ -22,7 +22,7 @@ impl StatusSet {
     }
 
     /// Adds `code` (ignored when out of range).
-    pub fn insert(&mut self, code: u16) {
+    pub(crate) fn insert(&mut self, code: u16) {
         let c = usize::from(code);
         if let Some(w) = self.0.get_mut(c / 64) {
             *w |= 1 << (c % 64);
@@ -30,27 +30,28 @@ impl StatusSet {
     }
 
     /// Whether `code` is in the set.
-    pub fn contains(&self, code: u16) -> bool {
+    pub(crate) fn contains(&self, code: u16) -> bool {
         let c = usize::from(code);
         self.0.get(c / 64).is_some_and(|w| w & (1 << (c % 64)) != 0)
     }
 
     /// Adds every member of `other`.
-    pub fn extend(&mut self, other: StatusSet) {
+    pub(crate) fn extend(&mut self, other: StatusSet) {
         for (a, b) in self.0.iter_mut().zip(other.0) {
             *a |= b;
         }
     }
 
     /// Whether the set is empty.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.iter().all(|w| *w == 0)
     }
 }
 
 /// `[clusters.NAME.circuit_breaker]`: `None` when disabled.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BreakerSettings {
+pub(crate) struct BreakerSettings {
     /// Window, trip rule and sleep window.
     pub config: BreakerConfig,
     /// Upstream statuses that count as failures (default: 5xx).
@@ -59,7 +60,7 @@ pub struct BreakerSettings {
 
 /// `[clusters.NAME.bulkhead]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BulkheadSettings {
+pub(crate) struct BulkheadSettings {
     /// Concurrency and queue size.
     pub config: BulkheadConfig,
     /// Longest wait in the queue.
@@ -68,7 +69,7 @@ pub struct BulkheadSettings {
 
 /// What a retry may react to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct RetryOn {
+pub(crate) struct RetryOn {
     /// The connection could not be made (the request was never sent: safe for any method).
     pub connect_failure: bool,
     /// The upstream closed or broke the exchange before answering.
@@ -81,7 +82,7 @@ pub struct RetryOn {
 
 /// Retries of a cluster or route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
+pub(crate) struct RetryPolicy {
     /// Retries after the first attempt.
     pub retries: u32,
     /// What triggers a retry.
@@ -93,7 +94,7 @@ pub struct RetryPolicy {
 
 /// `[clusters.NAME.outlier_detection]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OutlierSettings {
+pub(crate) struct OutlierSettings {
     /// Failures in a row that eject an endpoint.
     pub consecutive_failures: u32,
     /// First ejection's length; the n-th ejection lasts n times as long.
@@ -107,7 +108,7 @@ pub struct OutlierSettings {
 
 /// Everything resilience-related about a cluster.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ClusterPolicy {
+pub(crate) struct ClusterPolicy {
     /// The breaker (`None`: disabled).
     pub breaker: Option<BreakerSettings>,
     /// The bulkhead.
@@ -126,7 +127,7 @@ pub struct ClusterPolicy {
 
 /// When a fallback answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FallbackOn {
+pub(crate) struct FallbackOn {
     /// Connecting failed.
     pub connect_failure: bool,
     /// An attempt or the deadline timed out.
@@ -145,7 +146,7 @@ pub struct FallbackOn {
 
 /// A fixed fallback response.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StaticResponse {
+pub(crate) struct StaticResponse {
     /// Status.
     pub status: StatusCode,
     /// Headers.
@@ -156,7 +157,7 @@ pub struct StaticResponse {
 
 /// The last good response of each GET, kept for fallbacks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LastGoodSettings {
+pub(crate) struct LastGoodSettings {
     /// Oldest response that may still be served.
     pub max_age: Duration,
     /// Most responses kept.
@@ -170,7 +171,7 @@ pub struct LastGoodSettings {
 /// `[routes.fallback]`: tried in order: another cluster, the last good response, the static
 /// response.
 #[derive(Debug, Clone, PartialEq)]
-pub struct FallbackSpec {
+pub(crate) struct FallbackSpec {
     /// Which failures it answers.
     pub on: FallbackOn,
     /// Index of a cluster to send the request to instead.
@@ -183,7 +184,7 @@ pub struct FallbackSpec {
 
 /// A route's overrides of its cluster's policy.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct RoutePolicy {
+pub(crate) struct RoutePolicy {
     /// Overall deadline.
     pub timeout: Option<Duration>,
     /// Per-attempt timeout.

@@ -120,7 +120,7 @@ pub(crate) fn is_secret_key(key: &str) -> bool {
 /// The config text with every secret-looking value replaced by `"<redacted>"` (references
 /// such as `${env:NAME}` are kept: they are not secrets). Text without inline secrets is
 /// returned as written; text that does not parse is withheld entirely.
-pub fn redact(text: &str) -> String {
+pub(crate) fn redact(text: &str) -> String {
     let Ok(mut doc) = text.parse::<toml::Table>() else {
         return "# <withheld: the document does not parse, so secrets cannot be redacted>\n"
             .to_owned();

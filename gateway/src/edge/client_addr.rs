@@ -9,7 +9,7 @@ use ipnet::IpNet;
 
 /// Which forwarding header a trusted proxy in front writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ForwardedHeader {
+pub(crate) enum ForwardedHeader {
     /// `X-Forwarded-For: client, proxy1, proxy2`.
     XForwardedFor,
     /// RFC 7239 `Forwarded: for=client, for=proxy1`.
@@ -18,7 +18,7 @@ pub enum ForwardedHeader {
 
 /// How the client address is found (`[http.client_address]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientAddressPolicy {
+pub(crate) struct ClientAddressPolicy {
     /// Peers whose forwarding headers are believed; empty: none are.
     pub trusted_proxies: Vec<IpNet>,
     /// With `Some(n)`: the client is the n-th address from the right of the header (each of
@@ -41,7 +41,7 @@ impl Default for ClientAddressPolicy {
 
 /// The resolved client of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientAddress {
+pub(crate) struct ClientAddress {
     /// The client: the peer, or the address a trusted proxy reported.
     pub ip: IpAddr,
     /// Whether the peer is a trusted proxy (its forwarding headers are passed on).
@@ -55,7 +55,7 @@ impl ClientAddressPolicy {
     }
 
     /// The client behind `peer` (the socket peer, or the PROXY protocol source).
-    pub fn resolve(&self, peer: IpAddr, headers: &HeaderMap) -> ClientAddress {
+    pub(crate) fn resolve(&self, peer: IpAddr, headers: &HeaderMap) -> ClientAddress {
         let untrusted = ClientAddress {
             ip: peer,
             peer_trusted: false,

@@ -114,7 +114,7 @@ impl ConnCounts {
 /// The pingora application of a proxy service: connection-level protection, then the HTTP
 /// proxy `A`. Listener settings are read from the current runtime snapshot on each connection,
 /// so a reload changes them for new connections.
-pub struct EdgeApp<A> {
+pub(crate) struct EdgeApp<A> {
     inner: Arc<A>,
     state: Arc<GatewayState>,
     counts: Arc<ConnCounts>,
@@ -128,7 +128,7 @@ impl<A> std::fmt::Debug for EdgeApp<A> {
 
 impl<A> EdgeApp<A> {
     /// Wraps the HTTP application `inner`.
-    pub fn new(inner: A, state: Arc<GatewayState>) -> Self {
+    pub(crate) fn new(inner: A, state: Arc<GatewayState>) -> Self {
         Self {
             inner: Arc::new(inner),
             state,
@@ -254,13 +254,13 @@ where
 
 /// Reads the PROXY protocol header before the TLS handshake on listeners that ask for it.
 #[derive(Debug)]
-pub struct ProxyProtocolTls {
+pub(crate) struct ProxyProtocolTls {
     state: Arc<GatewayState>,
 }
 
 impl ProxyProtocolTls {
     /// Over the gateway's live listener settings.
-    pub fn new(state: Arc<GatewayState>) -> Self {
+    pub(crate) fn new(state: Arc<GatewayState>) -> Self {
         Self { state }
     }
 }

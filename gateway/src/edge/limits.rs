@@ -5,7 +5,7 @@ use http::HeaderMap;
 
 /// Request and response head limits of a listener (`[http.limits]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HeadLimits {
+pub(crate) struct HeadLimits {
     /// Longest request target (path and query) in bytes: 414 beyond.
     pub max_uri_bytes: usize,
     /// Longest single header line (`name: value`) in bytes: 431 beyond.
@@ -35,7 +35,7 @@ impl Default for HeadLimits {
 
 /// Which request limit a head broke.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HeadViolation {
+pub(crate) enum HeadViolation {
     /// The request target is longer than `max_uri_bytes` (414).
     UriTooLong,
     /// One header line is longer than `max_header_bytes` (431).
@@ -53,7 +53,7 @@ fn line_len(name: &http::HeaderName, value: &http::HeaderValue) -> usize {
 
 impl HeadLimits {
     /// Checks a request head: its raw target length and its headers.
-    pub fn check_request(
+    pub(crate) fn check_request(
         &self,
         target_len: usize,
         headers: &HeaderMap,
@@ -79,7 +79,7 @@ impl HeadLimits {
     }
 
     /// Whether an upstream response head fits; the reason when it does not.
-    pub fn check_response(&self, headers: &HeaderMap) -> Result<(), &'static str> {
+    pub(crate) fn check_response(&self, headers: &HeaderMap) -> Result<(), &'static str> {
         if headers.len() > self.max_response_headers {
             return Err("the upstream response has too many header lines");
         }
@@ -93,7 +93,7 @@ impl HeadLimits {
     /// The HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE` that admits every head these limits admit
     /// (RFC 9113 counts 32 bytes of overhead per field); larger lists are refused by the
     /// HTTP/2 layer itself.
-    pub fn h2_max_header_list_size(&self) -> u32 {
+    pub(crate) fn h2_max_header_list_size(&self) -> u32 {
         let size = self.max_headers_bytes + self.max_uri_bytes + 32 * (self.max_headers + 8);
         u32::try_from(size).unwrap_or(u32::MAX)
     }

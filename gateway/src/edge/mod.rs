@@ -2,24 +2,24 @@
 //! normalization, head size limits, the real client address (trusted proxies, PROXY
 //! protocol), and per-connection caps and deadlines.
 
-pub mod client_addr;
-pub mod conn;
-pub mod limits;
-pub mod path;
-pub mod proxy_protocol;
-pub mod screen;
+pub(crate) mod client_addr;
+pub(crate) mod conn;
+pub(crate) mod limits;
+pub(crate) mod path;
+pub(crate) mod proxy_protocol;
+pub(crate) mod screen;
 
 use std::time::Duration;
 
-pub use client_addr::{ClientAddress, ClientAddressPolicy, ForwardedHeader};
-pub use conn::{EdgeApp, ProxyProtocolTls};
-pub use limits::{HeadLimits, HeadViolation};
-pub use path::{EscapedSlashes, Normalized, PathError, PathOptions};
-pub use screen::{screen, Screen};
+pub(crate) use client_addr::{ClientAddress, ClientAddressPolicy, ForwardedHeader};
+pub(crate) use conn::{EdgeApp, ProxyProtocolTls};
+pub(crate) use limits::{HeadLimits, HeadViolation};
+pub(crate) use path::{EscapedSlashes, Normalized, PathError, PathOptions};
+pub(crate) use screen::{screen, Screen};
 
 /// The edge settings of one listener: `[http]` with the listener's `[listeners.http]` over it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ListenerEdge {
+pub(crate) struct ListenerEdge {
     /// Path normalization.
     pub paths: PathOptions,
     /// Request and upstream-response head limits.
@@ -40,11 +40,11 @@ pub struct ListenerEdge {
 }
 
 /// nginx's `client_header_timeout` is 60 s; an edge sets less (Envoy's edge guidance: 10 s).
-pub const DEFAULT_REQUEST_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_REQUEST_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// nginx's `keepalive_timeout` is 75 s, pingora's 60 s.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Open connections per listener.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 impl Default for ListenerEdge {
     fn default() -> Self {
@@ -64,7 +64,7 @@ impl Default for ListenerEdge {
 impl ListenerEdge {
     /// The time a connection has for its PROXY header (the head deadline, or 10 s without
     /// one).
-    pub fn header_deadline(&self) -> Duration {
+    pub(crate) fn header_deadline(&self) -> Duration {
         if self.request_header_timeout.is_zero() {
             DEFAULT_REQUEST_HEADER_TIMEOUT
         } else {
@@ -75,7 +75,7 @@ impl ListenerEdge {
 
 /// HTTP/2 settings of the proxy services (`[http]`, process-wide).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct H2Settings {
+pub(crate) struct H2Settings {
     /// Concurrent streams a client may open on one connection.
     pub max_concurrent_streams: u32,
     /// Streams a client may reset before they are accepted, per connection (rapid reset,
@@ -92,7 +92,7 @@ pub struct H2Settings {
 
 impl H2Settings {
     /// The HTTP/2 settings for the `h2` server, from pingora's bounded defaults.
-    pub fn options(&self) -> pingora::protocols::http::v2::server::H2Options {
+    pub(crate) fn options(&self) -> pingora::protocols::http::v2::server::H2Options {
         let mut o = pingora::protocols::http::v2::server::default_h2_options();
         o.max_concurrent_streams(self.max_concurrent_streams);
         o.max_header_list_size(self.max_header_list_size);

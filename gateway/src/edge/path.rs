@@ -15,7 +15,7 @@ use std::borrow::Cow;
 
 /// What to do with `%2F`, `%5C` and `\` in a path (Envoy's `path_with_escaped_slashes_action`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EscapedSlashes {
+pub(crate) enum EscapedSlashes {
     /// Answer 400 (the default).
     Reject,
     /// Leave them encoded and forward them so; a spelling that would cross a dot segment once
@@ -29,7 +29,7 @@ pub enum EscapedSlashes {
 
 /// Path handling of a listener (`[http]`, `[listeners.http]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PathOptions {
+pub(crate) struct PathOptions {
     /// Percent-encoding checks, unreserved decoding and dot-segment removal.
     pub normalize: bool,
     /// Runs of `/` become one.
@@ -50,7 +50,7 @@ impl Default for PathOptions {
 
 /// Why a path is refused (400).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PathError {
+pub(crate) enum PathError {
     /// A `%` not followed by two hex digits.
     InvalidEncoding,
     /// `%00`.
@@ -65,7 +65,7 @@ pub enum PathError {
 
 impl PathError {
     /// The reason, for the client's error body.
-    pub fn reason(self) -> &'static str {
+    pub(crate) fn reason(self) -> &'static str {
         match self {
             Self::InvalidEncoding => "invalid percent-encoding in the path",
             Self::Nul => "the path contains an encoded NUL byte",
@@ -78,7 +78,7 @@ impl PathError {
 
 /// The outcome of normalizing a path that was not refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Normalized<'a> {
+pub(crate) enum Normalized<'a> {
     /// Route on this path and forward it (borrowed when nothing changed).
     Path(Cow<'a, str>),
     /// Answer a redirect to this path (`escaped_slashes = "redirect"`).
@@ -87,7 +87,7 @@ pub enum Normalized<'a> {
 
 impl PathOptions {
     /// Normalizes `path` (no query) according to these options.
-    pub fn normalize<'a>(&self, path: &'a str) -> Result<Normalized<'a>, PathError> {
+    pub(crate) fn normalize<'a>(&self, path: &'a str) -> Result<Normalized<'a>, PathError> {
         let b = path.as_bytes();
         if b.first() != Some(&b'/') {
             return if path == "*" {

@@ -12,7 +12,7 @@ const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 
 /// Why a connection's PROXY header was refused (the connection is closed).
 #[derive(Debug, thiserror::Error)]
-pub enum ProxyHeaderError {
+pub(crate) enum ProxyHeaderError {
     /// The stream failed or ended before a whole header arrived.
     #[error("reading the PROXY protocol header: {0}")]
     Io(#[from] std::io::Error),
@@ -32,7 +32,7 @@ pub enum ProxyHeaderError {
 /// Reads one PROXY protocol header. Returns the source address it names, or `None` for a
 /// header without one (v1 `UNKNOWN`, v2 `LOCAL` such as a balancer's health check, or a
 /// non-IP family): the socket peer stands then.
-pub async fn read_header<S: AsyncRead + Unpin>(
+pub(crate) async fn read_header<S: AsyncRead + Unpin>(
     stream: &mut S,
 ) -> Result<Option<SocketAddr>, ProxyHeaderError> {
     let mut buf = vec![0u8; 5];

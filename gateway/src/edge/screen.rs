@@ -11,7 +11,7 @@ use super::{ClientAddress, HeadViolation, ListenerEdge, Normalized, PathError};
 
 /// What to do with a request head.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Screen {
+pub(crate) enum Screen {
     /// Route it; the client address is resolved.
     Pass(ClientAddress),
     /// Refuse it with 400, 414 or 431.
@@ -22,7 +22,7 @@ pub enum Screen {
 
 /// Why a request head was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// A limit of [`super::HeadLimits`].
     Limit(HeadViolation),
     /// The path could not be normalized safely.
@@ -31,7 +31,7 @@ pub enum Refusal {
 
 /// Screens `req` (replacing its path with the normalized one) as received from `peer` on a
 /// listener with `edge` settings.
-pub fn screen(req: &mut RequestHeader, peer: Option<IpAddr>, edge: &ListenerEdge) -> Screen {
+pub(crate) fn screen(req: &mut RequestHeader, peer: Option<IpAddr>, edge: &ListenerEdge) -> Screen {
     if let Err(v) = edge
         .limits
         .check_request(req.raw_path().len(), &req.headers)

@@ -16,14 +16,14 @@
 mod path;
 mod rewrite;
 
-pub use path::{PathMatch, PathTemplate, TemplateError};
-pub use rewrite::Rewrite;
+pub(crate) use path::{PathMatch, PathTemplate};
+pub(crate) use rewrite::Rewrite;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 /// Host condition of a route.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostMatch {
+pub(crate) enum HostMatch {
     /// This host exactly (stored lowercase).
     Exact(String),
     /// Any host ending with this suffix, which starts with a dot (`.example.com`).
@@ -32,7 +32,7 @@ pub enum HostMatch {
 
 impl HostMatch {
     /// Parses `example.com` or `*.example.com`.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
         let lower = text.trim().to_ascii_lowercase();
         if lower.is_empty() {
             return Err("host is empty".into());
@@ -77,7 +77,7 @@ impl HostMatch {
 
 /// Header condition: the header is present, and equals `value` when one is given.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HeaderMatch {
+pub(crate) struct HeaderMatch {
     /// Header name.
     pub name: HeaderName,
     /// Exact value required; `None` means presence is enough.
@@ -86,7 +86,7 @@ pub struct HeaderMatch {
 
 /// Everything a request must satisfy to take a route.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteMatch {
+pub(crate) struct RouteMatch {
     /// Host condition; `None` matches any host.
     pub host: Option<HostMatch>,
     /// Path condition.
@@ -99,7 +99,7 @@ pub struct RouteMatch {
 
 /// The parts of a request that routing reads.
 #[derive(Debug, Clone, Copy)]
-pub struct RequestView<'a> {
+pub(crate) struct RequestView<'a> {
     /// Method.
     pub method: &'a Method,
     /// Host without port, as sent (any case); empty when the request has none.
@@ -112,7 +112,7 @@ pub struct RequestView<'a> {
 
 impl RouteMatch {
     /// Whether the request satisfies every condition.
-    pub fn matches(&self, req: &RequestView<'_>) -> bool {
+    pub(crate) fn matches(&self, req: &RequestView<'_>) -> bool {
         if let Some(methods) = &self.methods {
             if !methods.iter().any(|m| m == req.method) {
                 return false;
@@ -134,7 +134,7 @@ impl RouteMatch {
 
     /// Whether every request that matches `later` also matches `self` (so `later`, declared
     /// after `self`, could never be chosen). Conservative: `false` when unsure.
-    pub fn covers(&self, later: &Self) -> bool {
+    pub(crate) fn covers(&self, later: &Self) -> bool {
         let host = match (&self.host, &later.host) {
             (None, _) => true,
             (Some(_), None) => false,
@@ -157,7 +157,7 @@ impl RouteMatch {
 
 /// Host of a request without its port: from the URI authority (HTTP/2, absolute-form) or the
 /// `Host` header.
-pub fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> &'a str {
+pub(crate) fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> &'a str {
     let raw = match uri.host() {
         Some(h) => return h,
         None => headers

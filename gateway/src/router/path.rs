@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 /// Path condition of a route.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PathMatch {
+pub(crate) enum PathMatch {
     /// Any path.
     Any,
     /// This path exactly.
@@ -17,7 +17,7 @@ pub enum PathMatch {
 
 impl PathMatch {
     /// Whether `path` satisfies the condition.
-    pub fn matches(&self, path: &str) -> bool {
+    pub(crate) fn matches(&self, path: &str) -> bool {
         match self {
             Self::Any => true,
             Self::Exact(p) => path == p,
@@ -61,7 +61,7 @@ enum Segment {
 
 /// A path template: `/titles/{id}`, `/files/{*path}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PathTemplate {
+pub(crate) struct PathTemplate {
     raw: String,
     segments: Vec<Segment>,
 }
@@ -69,12 +69,12 @@ pub struct PathTemplate {
 /// Why a template or rewrite does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct TemplateError(pub String);
+pub(crate) struct TemplateError(pub String);
 
 impl PathTemplate {
     /// Parses a template. It must start with `/`; `{name}` is a whole segment; `{*name}` may
     /// only be the last segment; names are unique.
-    pub fn parse(raw: &str) -> Result<Self, TemplateError> {
+    pub(crate) fn parse(raw: &str) -> Result<Self, TemplateError> {
         let body = raw
             .strip_prefix('/')
             .ok_or_else(|| TemplateError(format!("path template `{raw}` must start with `/`")))?;
@@ -127,25 +127,25 @@ impl PathTemplate {
     }
 
     /// The template as written.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.raw
     }
 
     /// Whether the template defines parameter `name`.
-    pub fn has_param(&self, name: &str) -> bool {
+    pub(crate) fn has_param(&self, name: &str) -> bool {
         self.segments
             .iter()
             .any(|s| matches!(s, Segment::Param(n) | Segment::Rest(n) if n == name))
     }
 
     /// Whether `path` matches.
-    pub fn matches(&self, path: &str) -> bool {
+    pub(crate) fn matches(&self, path: &str) -> bool {
         self.captures(path, |_, _| ())
     }
 
     /// Matches `path` and calls `each(name, value)` for every parameter; returns whether it
     /// matched (on a mismatch some parameters may already have been reported).
-    pub fn captures<'p>(&self, path: &'p str, mut each: impl FnMut(&str, &'p str)) -> bool {
+    pub(crate) fn captures<'p>(&self, path: &'p str, mut each: impl FnMut(&str, &'p str)) -> bool {
         let Some(mut rest) = path.strip_prefix('/') else {
             return false;
         };

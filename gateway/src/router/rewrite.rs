@@ -12,7 +12,7 @@ enum Part {
 
 /// How a route changes the path before the request goes upstream. The query string is kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rewrite {
+pub(crate) enum Rewrite {
     /// Replace the route's matched prefix `from` with `to` (`to = ""` strips it).
     Prefix {
         /// The route's prefix.
@@ -33,11 +33,11 @@ pub enum Rewrite {
 
 /// One part of a rewrite target (opaque; built by [`Rewrite::template`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RewritePart(Part);
+pub(crate) struct RewritePart(Part);
 
 impl Rewrite {
     /// A template rewrite: `target` like `/v1/titles/{id}` whose names `source` defines.
-    pub fn template(source: PathTemplate, target: &str) -> Result<Self, TemplateError> {
+    pub(crate) fn template(source: PathTemplate, target: &str) -> Result<Self, TemplateError> {
         if !target.starts_with('/') {
             return Err(TemplateError(format!(
                 "rewrite `{target}` must start with `/`"
@@ -82,7 +82,7 @@ impl Rewrite {
 
     /// The rewritten path-and-query, or `None` when the path does not fit the route (cannot
     /// happen for a path the route matched).
-    pub fn apply(&self, path: &str, query: Option<&str>) -> Option<String> {
+    pub(crate) fn apply(&self, path: &str, query: Option<&str>) -> Option<String> {
         let mut out = String::with_capacity(path.len() + 16);
         match self {
             Self::Prefix { from, to } => {
