@@ -1,0 +1,139 @@
+//! Proxy-header policy: request ids, `X-Forwarded-*`, `Via`, and the consistent-hash key of a
+//! request.
+
+use super::*;
+
+pub(super) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(super) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(super) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(super) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(super) const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+/// Longest client-supplied request id that is passed on; longer ones are replaced.
+pub(super) const MAX_REQUEST_ID: usize = 128;
+
+pub(super) fn new_request_id() -> HeaderValue {
+    let mut buf = uuid::Uuid::encode_buffer();
+    let s = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid-request-id"))
+}
+
+pub(super) fn usable_request_id(v: &HeaderValue) -> bool {
+    !v.is_empty() && v.len() <= MAX_REQUEST_ID && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
+}
+
+/// Appends `entry` to a comma-separated header (`X-Forwarded-For`, `Via`).
+pub(super) fn appended(existing: Option<&HeaderValue>, entry: &[u8]) -> Option<HeaderValue> {
+    match existing {
+        None => HeaderValue::from_bytes(entry).ok(),
+        Some(prev) => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + entry.len());
+            v.extend_from_slice(prev.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(entry);
+            HeaderValue::from_bytes(&v).ok()
+        }
+    }
+}
+
+pub(super) fn via_entry(runtime: &Runtime, version: Version) -> Cow<'_, [u8]> {
+    let own = runtime.via.as_bytes();
+    if version == Version::HTTP_2 {
+        // `1.1 name` -> `2 name`: Via names the protocol the gateway received.
+        let name = own.get(4..).unwrap_or(b"gateway");
+        let mut v = b"2 ".to_vec();
+        v.extend_from_slice(name);
+        Cow::Owned(v)
+    } else {
+        Cow::Borrowed(own)
+    }
+}
+
+pub(super) fn hash_input(key: &HashKey, req: &RequestHeader, client_ip: Option<IpAddr>) -> Vec<u8> {
+    let found: Option<&[u8]> = match key {
+        HashKey::Header(name) => req.headers.get(name).map(HeaderValue::as_bytes),
+        HashKey::Path => Some(req.uri.path().as_bytes()),
+        HashKey::Query(name) => req.uri.query().and_then(|q| {
+            q.split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_bytes())
+        }),
+        HashKey::Cookie(name) => req
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .find_map(|c| {
+                c.as_bytes()
+                    .split(|b| *b == b';')
+                    .filter_map(|kv| {
+                        let kv = kv.trim_ascii();
+                        let eq = kv.iter().position(|b| *b == b'=')?;
+                        Some((kv.get(..eq)?, kv.get(eq + 1..)?))
+                    })
+                    .find(|(k, _)| *k == name.as_bytes())
+                    .map(|(_, v)| v)
+            }),
+        HashKey::ClientIp => None,
+    };
+    match found {
+        Some(v) => v.to_vec(),
+        None => client_ip
+            .map(|ip| ip.to_string().into_bytes())
+            .unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::header::HeaderValue;
+
+    #[test]
+    fn appending_to_list_headers() {
+        assert_eq!(
+            appended(None, b"1.2.3.4"),
+            Some(HeaderValue::from_static("1.2.3.4"))
+        );
+        let prev = HeaderValue::from_static("9.9.9.9");
+        assert_eq!(
+            appended(Some(&prev), b"1.2.3.4"),
+            Some(HeaderValue::from_static("9.9.9.9, 1.2.3.4"))
+        );
+    }
+
+    #[test]
+    fn request_ids() {
+        assert!(usable_request_id(&HeaderValue::from_static("abc-123")));
+        assert!(!usable_request_id(&HeaderValue::from_static("")));
+        assert!(!usable_request_id(&HeaderValue::from_static("has space")));
+        let long = HeaderValue::from_str(&"a".repeat(MAX_REQUEST_ID + 1)).expect("ascii");
+        assert!(!usable_request_id(&long));
+        let fresh = new_request_id();
+        assert_eq!(fresh.len(), 36);
+        assert_ne!(fresh, new_request_id());
+    }
+
+    #[test]
+    fn hash_inputs() {
+        let mut req = RequestHeader::build("GET", b"/p?a=1&user=u7", None).expect("req");
+        req.insert_header("cookie", "x=1; sid=s9").expect("hdr");
+        req.insert_header("x-user", "h3").expect("hdr");
+        let ip = Some(IpAddr::from([10, 0, 0, 1]));
+        assert_eq!(hash_input(&HashKey::Query("user".into()), &req, ip), b"u7");
+        assert_eq!(hash_input(&HashKey::Cookie("sid".into()), &req, ip), b"s9");
+        assert_eq!(
+            hash_input(
+                &HashKey::Header(HeaderName::from_static("x-user")),
+                &req,
+                ip
+            ),
+            b"h3"
+        );
+        assert_eq!(hash_input(&HashKey::Path, &req, ip), b"/p");
+        assert_eq!(
+            hash_input(&HashKey::Cookie("none".into()), &req, ip),
+            b"10.0.0.1",
+            "falls back to client ip"
+        );
+    }
+}
