@@ -10,16 +10,13 @@
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use resilience::{BreakerConfig, Event, RollingMetrics, State};
-
-use crate::reload::Reloader;
-use crate::runtime::GatewayState;
 
 /// Buckets of the request and upstream latency histograms, in seconds.
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -226,10 +223,11 @@ impl Metrics {
             .inc();
     }
 
-    /// The text exposition, with the state gauges read from `state` and `reloader` now.
-    pub(crate) fn render(&self, state: &GatewayState, reloader: Option<&Reloader>) -> String {
+    /// The text exposition, with the state gauges set from `scrape` (read by the owner of the
+    /// runtime at scrape time).
+    pub(crate) fn render(&self, scrape: &Scrape) -> String {
         let _one = lock(&self.scrape);
-        self.read_state(state, reloader);
+        self.set_state(scrape);
         let mut out = Vec::with_capacity(64 * 1024);
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::error!(error = %e, "could not encode metrics");
@@ -237,10 +235,7 @@ impl Metrics {
         String::from_utf8(out).unwrap_or_default()
     }
 
-    fn read_state(&self, state: &GatewayState, reloader: Option<&Reloader>) {
-        let runtime = state.runtime();
-        let now = Instant::now();
-        let wall = SystemTime::now();
+    fn set_state(&self, scrape: &Scrape) {
         for family in [
             &self.breaker_state,
             &self.breaker_error_percent,
@@ -254,62 +249,91 @@ impl Metrics {
         }
         self.budget_available.reset();
         self.discovery_staleness.reset();
-        for c in &runtime.clusters {
-            let name = c.name();
-            if let Some(b) = c.breaker() {
-                let snap = b.snapshot(now);
+        for c in &scrape.clusters {
+            let name = c.name.as_str();
+            if let Some((state, error_percent)) = c.breaker {
                 for s in STATES {
                     self.breaker_state
                         .with_label_values(&[name, s.name()])
-                        .set(i64::from(snap.state == s));
+                        .set(i64::from(state == s));
                 }
                 self.breaker_error_percent
                     .with_label_values(&[name])
-                    .set(i64::from(snap.window.error_percent()));
+                    .set(i64::from(error_percent));
             }
-            let bulkhead = c.bulkhead().snapshot();
             self.bulkhead_in_use
                 .with_label_values(&[name])
-                .set(bulkhead.in_use as i64);
+                .set(c.bulkhead_in_use as i64);
             self.bulkhead_max
                 .with_label_values(&[name])
-                .set(bulkhead.config.max_concurrent as i64);
-            let budget = c.budget().snapshot(now);
+                .set(c.bulkhead_max as i64);
             self.budget_available
                 .with_label_values(&[name])
-                .set(budget.allowed.saturating_sub(budget.retries) as f64);
-            let (serving, ejected) = c.endpoint_counts(now);
+                .set(c.budget_available as f64);
             self.endpoints
                 .with_label_values(&[name, "serving"])
-                .set(serving as i64);
+                .set(c.serving as i64);
             self.endpoints
                 .with_label_values(&[name, "ejected"])
-                .set(ejected as i64);
-            if let Some(h) = c.discovery_health() {
-                let labels = [name, h.source];
-                self.discovery_up.with_label_values(&labels).set(i64::from(
-                    h.failing_since.is_none() && h.last_success.is_some(),
-                ));
+                .set(c.ejected as i64);
+            if let Some(d) = &c.discovery {
+                let labels = [name, d.source];
+                self.discovery_up
+                    .with_label_values(&labels)
+                    .set(i64::from(d.up));
                 self.discovery_errors
                     .with_label_values(&labels)
-                    .set(i64::from(h.consecutive_errors));
-                if let Some(at) = h.last_success {
-                    let age = wall.duration_since(at).unwrap_or_default();
+                    .set(i64::from(d.consecutive_errors));
+                if let Some(age) = d.staleness {
                     self.discovery_staleness
                         .with_label_values(&labels)
                         .set(age.as_secs_f64());
                 }
             }
         }
-        if let Some(r) = reloader {
-            let v = r.current();
-            self.config_generation.set(v.generation as i64);
+        if let Some((generation, loaded_at_unix_ms)) = scrape.config {
+            self.config_generation.set(generation as i64);
             self.config_loaded
-                .set(Duration::from_millis(v.loaded_at_unix_ms).as_secs_f64());
+                .set(Duration::from_millis(loaded_at_unix_ms).as_secs_f64());
         }
-        self.process_in_flight.set(state.in_flight() as i64);
-        self.draining.set(i64::from(state.is_draining()));
+        self.process_in_flight.set(scrape.in_flight as i64);
+        self.draining.set(i64::from(scrape.draining));
     }
+}
+
+/// State read at scrape time by the owner of the runtime (the admin API), so that this module
+/// needs nothing of the runtime, the clusters or the reloader.
+#[derive(Debug, Default)]
+pub(crate) struct Scrape {
+    pub(crate) clusters: Vec<ClusterScrape>,
+    /// The running config's generation and load time.
+    pub(crate) config: Option<(u64, u64)>,
+    pub(crate) in_flight: u64,
+    pub(crate) draining: bool,
+}
+
+/// One cluster's state gauges.
+#[derive(Debug)]
+pub(crate) struct ClusterScrape {
+    pub(crate) name: String,
+    /// Breaker state and error percentage, when the cluster has a breaker.
+    pub(crate) breaker: Option<(State, u8)>,
+    pub(crate) bulkhead_in_use: usize,
+    pub(crate) bulkhead_max: usize,
+    pub(crate) budget_available: u64,
+    pub(crate) serving: usize,
+    pub(crate) ejected: usize,
+    pub(crate) discovery: Option<DiscoveryScrape>,
+}
+
+/// One cluster's discovery source health.
+#[derive(Debug)]
+pub(crate) struct DiscoveryScrape {
+    pub(crate) source: &'static str,
+    pub(crate) up: bool,
+    pub(crate) consecutive_errors: u32,
+    /// Time since the last successful answer.
+    pub(crate) staleness: Option<Duration>,
 }
 
 /// A status code as text without allocating per call.

@@ -346,6 +346,16 @@ pub(crate) struct RouteStatus {
     filters: Vec<String>,
 }
 
+impl crate::edge::ListenerSettings for GatewayState {
+    fn with_listener<R>(
+        &self,
+        local: Option<std::net::SocketAddr>,
+        f: impl FnOnce(&crate::edge::ListenerEdge) -> R,
+    ) -> R {
+        f(self.runtime().listener_edge(local))
+    }
+}
+
 /// State shared by the proxy services, the admin API and shutdown.
 #[derive(Debug)]
 pub(crate) struct GatewayState {

@@ -18,6 +18,7 @@ use crate::reload::{Outcome, Reloader};
 use crate::runtime::GatewayState;
 
 mod guard;
+mod scrape;
 
 /// The admin router over shared state and the reloader, behind the admin lock
 /// ([`guard`]: allowed hosts, the bearer token, the CSRF check).
@@ -130,7 +131,7 @@ async fn hystrix_stream(State(stream): State<Arc<HystrixStream>>) -> Response {
 
 /// `GET /metrics`: Prometheus text exposition.
 async fn metrics(State((state, reloader)): State<Both>) -> Response {
-    let text = crate::metrics::metrics().render(&state, Some(&reloader));
+    let text = crate::metrics::metrics().render(&scrape::scrape(&state, Some(&reloader)));
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -29,7 +29,6 @@ use tokio::time::{Instant, Sleep};
 
 use super::proxy_protocol;
 use super::ListenerEdge;
-use crate::runtime::GatewayState;
 
 /// Open connections per listener and per (listener, client address).
 #[derive(Debug, Default)]
@@ -76,7 +75,7 @@ impl ConnCounts {
         self: &Arc<Self>,
         listener: SocketAddr,
         client: Option<IpAddr>,
-        edge: &ListenerEdge,
+        limits: &ConnLimits,
     ) -> Result<ConnSlot, Refusal> {
         let listener_count = {
             let mut map = self
@@ -92,16 +91,16 @@ impl ConnCounts {
             listener_count,
             client: None,
         };
-        if edge.max_connections > 0 && now > edge.max_connections {
+        if limits.max_connections > 0 && now > limits.max_connections {
             return Err(Refusal::ListenerFull);
         }
-        if let (Some(ip), true) = (client, edge.max_connections_per_client > 0) {
+        if let (Some(ip), true) = (client, limits.max_per_client > 0) {
             let mut map = self
                 .per_client
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             let n = map.entry((listener, ip)).or_insert(0);
-            if *n >= edge.max_connections_per_client {
+            if *n >= limits.max_per_client {
                 return Err(Refusal::ClientFull);
             }
             *n += 1;
@@ -111,27 +110,57 @@ impl ConnCounts {
     }
 }
 
+/// Where the connection layer reads a listener's live settings (the gateway's runtime
+/// snapshot), so that a reload changes them for new connections.
+pub(crate) trait ListenerSettings: Send + Sync + 'static {
+    /// Calls `f` with the settings of the listener bound to `local`.
+    fn with_listener<R>(&self, local: Option<SocketAddr>, f: impl FnOnce(&ListenerEdge) -> R) -> R;
+}
+
+/// What the connection layer needs of a listener's settings.
+#[derive(Debug, Clone, Copy)]
+struct ConnLimits {
+    proxy_protocol: bool,
+    /// Time for the PROXY header.
+    header_deadline: Duration,
+    /// Time for each request head (0: none).
+    head_timeout: Duration,
+    max_connections: usize,
+    max_per_client: usize,
+}
+
+impl ConnLimits {
+    fn of(edge: &ListenerEdge) -> Self {
+        Self {
+            proxy_protocol: edge.proxy_protocol,
+            header_deadline: edge.header_deadline(),
+            head_timeout: edge.request_header_timeout,
+            max_connections: edge.max_connections,
+            max_per_client: edge.max_connections_per_client,
+        }
+    }
+}
+
 /// The pingora application of a proxy service: connection-level protection, then the HTTP
-/// proxy `A`. Listener settings are read from the current runtime snapshot on each connection,
-/// so a reload changes them for new connections.
-pub(crate) struct EdgeApp<A> {
+/// proxy `A`, with listener settings from `S`.
+pub(crate) struct EdgeApp<A, S> {
     inner: Arc<A>,
-    state: Arc<GatewayState>,
+    settings: Arc<S>,
     counts: Arc<ConnCounts>,
 }
 
-impl<A> std::fmt::Debug for EdgeApp<A> {
+impl<A, S> std::fmt::Debug for EdgeApp<A, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EdgeApp").finish_non_exhaustive()
     }
 }
 
-impl<A> EdgeApp<A> {
+impl<A, S> EdgeApp<A, S> {
     /// Wraps the HTTP application `inner`.
-    pub(crate) fn new(inner: A, state: Arc<GatewayState>) -> Self {
+    pub(crate) fn new(inner: A, settings: Arc<S>) -> Self {
         Self {
             inner: Arc::new(inner),
-            state,
+            settings,
             counts: Arc::default(),
         }
     }
@@ -176,22 +205,22 @@ async fn refuse(mut stream: Stream, why: Refusal) {
 }
 
 #[async_trait]
-impl<A> ServerApp for EdgeApp<A>
+impl<A, S> ServerApp for EdgeApp<A, S>
 where
     A: ServerApp + Send + Sync + 'static,
+    S: ListenerSettings,
 {
     async fn process_new(
         self: &Arc<Self>,
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let runtime = self.state.runtime();
         let socket = stream.get_socket_digest();
         let local = inet(socket.as_ref().and_then(|d| d.local_addr()));
-        let edge = runtime.listener_edge(local);
+        let limits = self.settings.with_listener(local, ConnLimits::of);
         // On TLS listeners the header was read before the handshake ([`ProxyProtocolTls`]).
-        if edge.proxy_protocol && stream.get_ssl_digest().is_none() {
-            let deadline = edge.header_deadline();
+        if limits.proxy_protocol && stream.get_ssl_digest().is_none() {
+            let deadline = limits.header_deadline;
             let read = tokio::time::timeout(deadline, proxy_protocol::read_header(&mut stream));
             match read.await {
                 Ok(Ok(Some(client))) => {
@@ -224,7 +253,7 @@ where
         )
         .map(|a| a.ip());
         let listener = local.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let _slot = match self.counts.admit(listener, client, edge) {
+        let _slot = match self.counts.admit(listener, client, &limits) {
             Ok(slot) => slot,
             Err(why) => {
                 crate::metrics::metrics().edge_refusal(match why {
@@ -236,8 +265,7 @@ where
                 return None;
             }
         };
-        let timeout = edge.request_header_timeout;
-        drop(runtime);
+        let timeout = limits.head_timeout;
         let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
         let stream: Stream = if timeout.is_zero() || h2 {
             stream
@@ -254,27 +282,25 @@ where
 
 /// Reads the PROXY protocol header before the TLS handshake on listeners that ask for it.
 #[derive(Debug)]
-pub(crate) struct ProxyProtocolTls {
-    state: Arc<GatewayState>,
+pub(crate) struct ProxyProtocolTls<S> {
+    settings: Arc<S>,
 }
 
-impl ProxyProtocolTls {
+impl<S> ProxyProtocolTls<S> {
     /// Over the gateway's live listener settings.
-    pub(crate) fn new(state: Arc<GatewayState>) -> Self {
-        Self { state }
+    pub(crate) fn new(settings: Arc<S>) -> Self {
+        Self { settings }
     }
 }
 
 #[async_trait]
-impl PreTlsProcess for ProxyProtocolTls {
+impl<S: ListenerSettings + std::fmt::Debug> PreTlsProcess for ProxyProtocolTls<S> {
     async fn process(&self, stream: &mut L4Stream) -> pingora::Result<()> {
         let socket = stream.get_socket_digest();
         let local = inet(socket.as_ref().and_then(|d| d.local_addr()));
-        let (enabled, deadline) = {
-            let runtime = self.state.runtime();
-            let edge = runtime.listener_edge(local);
-            (edge.proxy_protocol, edge.header_deadline())
-        };
+        let (enabled, deadline) = self
+            .settings
+            .with_listener(local, |edge| (edge.proxy_protocol, edge.header_deadline()));
         if !enabled {
             return Ok(());
         }

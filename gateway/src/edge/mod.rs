@@ -12,7 +12,7 @@ pub(crate) mod screen;
 use std::time::Duration;
 
 pub(crate) use client_addr::{ClientAddress, ClientAddressPolicy, ForwardedHeader};
-pub(crate) use conn::{EdgeApp, ProxyProtocolTls};
+pub(crate) use conn::{EdgeApp, ListenerSettings, ProxyProtocolTls};
 pub(crate) use limits::{HeadLimits, HeadViolation};
 pub(crate) use path::{EscapedSlashes, Normalized, PathError, PathOptions};
 pub(crate) use screen::{screen, Screen};
