@@ -41,17 +41,22 @@ async fn admin_endpoints_describe_the_running_gateway() {
         );
     }
     // In-flight counts drop just after the client has its response, so poll for them.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let clusters = loop {
-        let (_, clusters) = get_json(&http, &gw.admin_url("/clusters")).await;
-        let idle = clusters["clusters"][0]["endpoints"]
-            .as_array()
-            .is_some_and(|eps| eps.iter().all(|e| e["in_flight"] == 0));
-        if idle || std::time::Instant::now() > deadline {
-            break clusters;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    let clusters = eventually(
+        "in-flight counts back to 0",
+        std::time::Duration::from_secs(5),
+        || async {
+            let (_, clusters) = get_json(&http, &gw.admin_url("/clusters")).await;
+            let idle = clusters["clusters"][0]["endpoints"]
+                .as_array()
+                .is_some_and(|eps| eps.iter().all(|e| e["in_flight"] == 0));
+            if idle {
+                Ok(clusters)
+            } else {
+                Err(clusters.to_string())
+            }
+        },
+    )
+    .await;
     let c = &clusters["clusters"][0];
     assert_eq!(c["name"], "cat");
     assert_eq!(c["ready"], true);

@@ -6,7 +6,7 @@ mod harness;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use harness::*;
 
@@ -50,19 +50,16 @@ async fn config_status(http: &reqwest::Client, gw: &Gateway) -> serde_json::Valu
 
 /// Polls `/config` until the serving generation is `generation`.
 async fn wait_generation(http: &reqwest::Client, gw: &Gateway, generation: u64) {
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
+    let what = format!("generation {generation}");
+    eventually(&what, Duration::from_secs(10), || async {
         let j = config_status(http, gw).await;
         if j["current"]["generation"] == generation {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{j}\n{}", gw.log()))
         }
-        assert!(
-            Instant::now() < end,
-            "generation {generation} never came: {j}\n{}",
-            gw.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
 }
 
 /// Continuous closed-loop load: `workers` clients with keep-alive connections, each sending
@@ -176,15 +173,15 @@ async fn a_bad_config_is_rejected_and_the_running_one_keeps_serving() {
 
     // A broken file is rejected the same way.
     gw.write_config("this is [not toml");
-    let end = Instant::now() + Duration::from_secs(10);
-    let j = loop {
+    let j = eventually("the file's rejection", Duration::from_secs(10), || async {
         let j = config_status(&http, &gw).await;
         if j["rejected_total"] == 2 {
-            break j;
+            Ok(j)
+        } else {
+            Err(j.to_string())
         }
-        assert!(Instant::now() < end, "file rejection not seen: {j}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    })
+    .await;
     assert_eq!(j["last_attempt"]["result"], "rejected");
     assert_eq!(j["last_attempt"]["source"], "file");
     assert!(j["last_attempt"]["error"]
@@ -354,17 +351,21 @@ async fn a_consul_kv_change_reconfigures_the_gateway() {
 
     // A bad document in KV is rejected like any other; the running one stays.
     put(gw.config_for(&format!("{kv}{}", version(&a, &b, "missing", 1, 5000)))).await;
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        let j = config_status(&http, &gw).await;
-        if j["last_attempt"]["result"] == "rejected" {
-            assert_eq!(j["last_attempt"]["source"], "consul-kv");
-            assert_eq!(j["current"]["generation"], 2);
-            break;
-        }
-        assert!(Instant::now() < end, "KV rejection not seen: {j}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let j = eventually(
+        "the KV document's rejection",
+        Duration::from_secs(10),
+        || async {
+            let j = config_status(&http, &gw).await;
+            if j["last_attempt"]["result"] == "rejected" {
+                Ok(j)
+            } else {
+                Err(j.to_string())
+            }
+        },
+    )
+    .await;
+    assert_eq!(j["last_attempt"]["source"], "consul-kv");
+    assert_eq!(j["current"]["generation"], 2);
     assert_eq!(instance(&http, &gw, "/v/x").await, "b");
 }
 

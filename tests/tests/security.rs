@@ -588,15 +588,19 @@ async fn connection_caps_refuse_clearly() {
     assert_eq!(r.json()["error"], "too_many_connections");
     drop(held.pop());
     // Once one closes, new connections are admitted again.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let r = raw(gw.http, &get("/pub/x")).await.expect("response");
-        if r.status == 200 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no slot freed: {}", r.status);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        "a freed connection slot",
+        Duration::from_secs(5),
+        || async {
+            let r = raw(gw.http, &get("/pub/x")).await.expect("response");
+            if r.status == 200 {
+                Ok(())
+            } else {
+                Err(format!("status {}", r.status))
+            }
+        },
+    )
+    .await;
 
     let per_client = two_routes(&up, "[http]\nmax_connections_per_client = 2\n").await;
     let _mine = hold_connections(per_client.http, 2).await;
