@@ -160,9 +160,93 @@ pub(super) fn retry_policy(route: &Route, cluster: &Cluster) -> RetryPolicy {
     route.policy.retry.unwrap_or(cluster.spec().policy.retry)
 }
 
-/// Whether to make another attempt after `failure`: a retry on another endpoint (policy,
-/// method, budget, deadline), else the route's fallback cluster. `sent` says whether the
-/// request reached the upstream.
+/// What the phase adapter reads from pingora for a decision after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Facts {
+    /// The request reached the upstream (so only idempotent requests are safe to resend).
+    pub(super) sent: bool,
+    /// The request's method is idempotent.
+    pub(super) idempotent: bool,
+    /// A response is already under way to the client.
+    pub(super) response_started: bool,
+    /// The whole request body is still buffered for a resend.
+    pub(super) body_replayable: bool,
+}
+
+impl Facts {
+    /// The facts of `session`'s request; `sent` says whether it reached the upstream.
+    pub(super) fn of(session: &Session, sent: bool) -> Self {
+        Self {
+            sent,
+            idempotent: session.req_header().method.is_idempotent(),
+            response_started: session.response_written().is_some(),
+            body_replayable: !session.as_ref().retry_buffer_truncated(),
+        }
+    }
+}
+
+/// What follows a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Next {
+    /// Another endpoint of the same cluster (a retry the budget paid for).
+    Retry,
+    /// The route's fallback cluster, as one more attempt.
+    FallbackCluster,
+    /// No more attempts: the local fallback or an error answers.
+    Fail,
+}
+
+impl Next {
+    /// Whether pingora makes another attempt.
+    pub(super) fn attempts_again(self) -> bool {
+        self != Self::Fail
+    }
+}
+
+/// The decision after `failure`: a retry on another endpoint when the policy wants it, the
+/// request is safe to resend, the retries and the cluster's budget allow it and the deadline
+/// has not passed; else the route's fallback cluster when its fallback covers the failure;
+/// else fail. Time is `now`; nothing here reads pingora.
+pub(super) fn next_after(
+    route: &Route,
+    call: &mut Call,
+    failure: Failure,
+    facts: Facts,
+    now: Instant,
+) -> Next {
+    if facts.response_started
+        || (facts.sent && !facts.body_replayable)
+        || call.deadline.is_some_and(|d| now >= d)
+    {
+        return Next::Fail;
+    }
+    let cluster = call.target.clone().unwrap_or_else(|| route.cluster.clone());
+    let policy = retry_policy(route, &cluster);
+    let wanted = match failure {
+        Failure::Connect => policy.on.connect_failure,
+        Failure::Timeout if !facts.sent => policy.on.connect_failure || policy.on.timeout,
+        Failure::Timeout => policy.on.timeout,
+        Failure::Reset => policy.on.reset,
+        Failure::Status(s) => policy.on.statuses.contains(s),
+        Failure::CircuitOpen | Failure::BulkheadFull | Failure::NoEndpoints => false,
+    };
+    let safe = !facts.sent || facts.idempotent || policy.non_idempotent;
+    if wanted && safe && call.retries < policy.retries {
+        if cluster.budget().try_withdraw(now) {
+            call.retries += 1;
+            route.metrics.retried();
+            return Next::Retry;
+        }
+        cluster.metrics().budget_exhausted.inc();
+    }
+    if (!facts.sent || facts.idempotent) && switch_to_fallback_cluster(route, call, failure) {
+        Next::FallbackCluster
+    } else {
+        Next::Fail
+    }
+}
+
+/// [`next_after`] for the request of `session` in `ctx`: whether pingora attempts again.
 pub(super) fn retry_decision(
     session: &Session,
     ctx: &mut RequestCtx,
@@ -174,34 +258,7 @@ pub(super) fn retry_decision(
     let Some(route) = ctx.route.and_then(|i| runtime.routes.get(i)) else {
         return false;
     };
-    if session.response_written().is_some()
-        || (sent && session.as_ref().retry_buffer_truncated())
-        || ctx.call.deadline.is_some_and(|d| now >= d)
-    {
-        return false;
-    }
-    let idempotent = session.req_header().method.is_idempotent();
-    let call = &mut ctx.call;
-    let cluster = call.target.clone().unwrap_or_else(|| route.cluster.clone());
-    let policy = retry_policy(route, &cluster);
-    let wanted = match failure {
-        Failure::Connect => policy.on.connect_failure,
-        Failure::Timeout if !sent => policy.on.connect_failure || policy.on.timeout,
-        Failure::Timeout => policy.on.timeout,
-        Failure::Reset => policy.on.reset,
-        Failure::Status(s) => policy.on.statuses.contains(s),
-        Failure::CircuitOpen | Failure::BulkheadFull | Failure::NoEndpoints => false,
-    };
-    let safe = !sent || idempotent || policy.non_idempotent;
-    if wanted && safe && call.retries < policy.retries {
-        if cluster.budget().try_withdraw(now) {
-            call.retries += 1;
-            route.metrics.retried();
-            return true;
-        }
-        cluster.metrics().budget_exhausted.inc();
-    }
-    (!sent || idempotent) && switch_to_fallback_cluster(route, call, failure)
+    next_after(route, &mut ctx.call, failure, Facts::of(session, sent), now).attempts_again()
 }
 
 /// The cache key of the request for `last_good` fallbacks (GET only).
@@ -213,4 +270,218 @@ pub(super) fn last_good_key(session: &Session) -> Option<Box<str>> {
             req.uri.path_and_query().map_or("/", |p| p.as_str()),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn runtime(clusters: &str, route_extra: &str) -> Runtime {
+        let doc = format!(
+            "[[listeners]]\naddress = \"127.0.0.1:18080\"\n{clusters}\n[[routes]]\nname = \"r\"\ncluster = \"a\"\n{route_extra}\n"
+        );
+        let config = Config::parse(&doc, std::path::Path::new("t.toml")).expect("config");
+        Runtime::build(&config)
+    }
+
+    const A: &str = "[clusters.a]\nendpoints = [\"127.0.0.1:9\"]\n";
+
+    fn sent(idempotent: bool) -> Facts {
+        Facts {
+            sent: true,
+            idempotent,
+            response_started: false,
+            body_replayable: true,
+        }
+    }
+
+    fn call_for(route: &Route) -> Call {
+        Call {
+            target: Some(route.cluster.clone()),
+            ..Call::default()
+        }
+    }
+
+    #[test]
+    fn a_failure_status_is_retried_within_the_policy() {
+        let rt = runtime(
+            &format!("{A}[clusters.a.retry]\nretries = 2\non = [503]\n"),
+            "",
+        );
+        let route = &rt.routes[0];
+        let mut call = call_for(route);
+        let now = Instant::now();
+        let f = Failure::Status(503);
+        assert_eq!(
+            next_after(route, &mut call, f, sent(true), now),
+            Next::Retry
+        );
+        assert_eq!(
+            next_after(route, &mut call, f, sent(true), now),
+            Next::Retry
+        );
+        assert_eq!(
+            next_after(route, &mut call, f, sent(true), now),
+            Next::Fail,
+            "retries used up"
+        );
+        let mut fresh = call_for(route);
+        assert_eq!(
+            next_after(route, &mut fresh, Failure::Status(500), sent(true), now),
+            Next::Fail,
+            "a status the policy does not name"
+        );
+    }
+
+    #[test]
+    fn a_reset_after_sending_is_retried_only_when_safe() {
+        let now = Instant::now();
+        let rt = runtime(
+            &format!("{A}[clusters.a.retry]\nretries = 1\non = [\"reset\", \"connect_failure\"]\n"),
+            "",
+        );
+        let route = &rt.routes[0];
+        let mut post = call_for(route);
+        assert_eq!(
+            next_after(route, &mut post, Failure::Reset, sent(false), now),
+            Next::Fail,
+            "POST after sending"
+        );
+        let mut get = call_for(route);
+        assert_eq!(
+            next_after(route, &mut get, Failure::Reset, sent(true), now),
+            Next::Retry
+        );
+        let before = Facts {
+            sent: false,
+            ..sent(false)
+        };
+        let mut unsent = call_for(route);
+        assert_eq!(
+            next_after(route, &mut unsent, Failure::Connect, before, now),
+            Next::Retry,
+            "never sent: any method"
+        );
+        let allowed = runtime(
+            &format!(
+                "{A}[clusters.a.retry]\nretries = 1\non = [\"reset\"]\nnon_idempotent = true\n"
+            ),
+            "",
+        );
+        let route = &allowed.routes[0];
+        let mut post = call_for(route);
+        assert_eq!(
+            next_after(route, &mut post, Failure::Reset, sent(false), now),
+            Next::Retry,
+            "the policy allows it"
+        );
+    }
+
+    #[test]
+    fn an_exhausted_budget_stops_retries() {
+        let rt = runtime(
+            &format!("{A}[clusters.a.retry]\nretries = 3\non = [\"reset\"]\nbudget_percent = 0\nbudget_min_per_second = 0\n"),
+            "",
+        );
+        let route = &rt.routes[0];
+        let mut call = call_for(route);
+        let before = route.cluster.metrics().budget_exhausted.get();
+        assert_eq!(
+            next_after(route, &mut call, Failure::Reset, sent(true), Instant::now()),
+            Next::Fail
+        );
+        assert_eq!(route.cluster.metrics().budget_exhausted.get(), before + 1);
+        assert_eq!(call.retries, 0);
+    }
+
+    #[test]
+    fn nothing_is_retried_past_the_deadline_or_once_the_response_started() {
+        let rt = runtime(
+            &format!("{A}[clusters.a.retry]\nretries = 3\non = [\"reset\"]\n"),
+            "",
+        );
+        let route = &rt.routes[0];
+        let now = Instant::now();
+        let mut late = Call {
+            deadline: Some(now),
+            ..call_for(route)
+        };
+        assert_eq!(
+            next_after(route, &mut late, Failure::Reset, sent(true), now),
+            Next::Fail
+        );
+        let later = now + Duration::from_millis(10);
+        let mut in_time = Call {
+            deadline: Some(later),
+            ..call_for(route)
+        };
+        assert_eq!(
+            next_after(route, &mut in_time, Failure::Reset, sent(true), now),
+            Next::Retry
+        );
+        let started = Facts {
+            response_started: true,
+            ..sent(true)
+        };
+        let mut call = call_for(route);
+        assert_eq!(
+            next_after(route, &mut call, Failure::Reset, started, now),
+            Next::Fail
+        );
+        let truncated = Facts {
+            body_replayable: false,
+            ..sent(true)
+        };
+        assert_eq!(
+            next_after(route, &mut call, Failure::Reset, truncated, now),
+            Next::Fail
+        );
+    }
+
+    #[test]
+    fn an_open_breaker_moves_the_request_to_the_fallback_cluster_once() {
+        let rt = runtime(
+            &format!("{A}[clusters.b]\nendpoints = [\"127.0.0.1:10\"]\n"),
+            "[routes.fallback]\ncluster = \"b\"\n",
+        );
+        let route = &rt.routes[0];
+        let mut call = call_for(route);
+        let now = Instant::now();
+        assert_eq!(
+            next_after(route, &mut call, Failure::CircuitOpen, sent(true), now),
+            Next::FallbackCluster
+        );
+        assert_eq!(call.target.as_ref().map(|c| c.name()), Some("b"));
+        assert_eq!(call.on_fallback_cluster, Some(Failure::CircuitOpen));
+        assert_eq!(
+            next_after(route, &mut call, Failure::CircuitOpen, sent(true), now),
+            Next::Fail,
+            "the fallback cluster is tried once"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_bulkhead_rejects_the_attempt() {
+        let rt = runtime(
+            &format!("{A}[clusters.a.bulkhead]\nmax_concurrent = 1\n"),
+            "",
+        );
+        let route = &rt.routes[0];
+        let held = route
+            .cluster
+            .bulkhead()
+            .try_acquire()
+            .expect("the only slot");
+        let mut call = call_for(route);
+        let got = admit(&route.cluster, &mut call, b"", Instant::now()).await;
+        assert!(matches!(got, Err(Failure::BulkheadFull)), "{got:?}");
+        drop(held);
+        let mut call = call_for(route);
+        let got = admit(&route.cluster, &mut call, b"", Instant::now()).await;
+        assert!(
+            !matches!(got, Err(Failure::BulkheadFull)),
+            "a slot is free again: {got:?}"
+        );
+    }
 }
