@@ -423,6 +423,13 @@ impl GatewayState {
 #[derive(Debug)]
 pub(crate) struct InFlightGuard(Arc<GatewayState>);
 
+impl InFlightGuard {
+    /// Whether the gateway is draining (answers then close their connection).
+    pub(crate) fn draining(&self) -> bool {
+        self.0.is_draining()
+    }
+}
+
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
         if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {

@@ -44,19 +44,20 @@ impl GatewayProxy {
                 if let Ok(v) = HeaderValue::from_str(&location) {
                     resp.headers_mut().insert(http::header::LOCATION, v);
                 }
-                send_reply(session, ctx, resp).await?;
+                send_reply(session, ctx, resp, Connection::KeepAlive).await?;
                 return Ok(Some(true));
             }
             Screen::Refuse(crate::edge::screen::Refusal::Path(e)) => GatewayError::InvalidPath(e),
-            Screen::Refuse(crate::edge::screen::Refusal::Limit(v)) => {
-                // The rest of an oversized head is not worth reading: close after answering.
-                session.set_keepalive(None);
-                GatewayError::HeadTooLarge(v)
-            }
+            Screen::Refuse(crate::edge::screen::Refusal::Limit(v)) => GatewayError::HeadTooLarge(v),
+        };
+        // The rest of an oversized head is not worth reading: close after answering.
+        let connection = match error {
+            GatewayError::HeadTooLarge(_) => Connection::Close,
+            _ => Connection::KeepAlive,
         };
         crate::metrics::metrics().edge_refusal(error.code());
         ctx.error = Some(error);
-        respond(session, ctx, error).await?;
+        respond(session, ctx, error, connection).await?;
         Ok(Some(true))
     }
 
@@ -114,10 +115,12 @@ impl GatewayProxy {
                 opentelemetry::KeyValue::new("http.response.status_code", i64::from(status)),
             ],
         );
-        if !reusable {
-            session.set_keepalive(None);
-        }
-        if let Err(write_err) = send_reply(session, ctx, answer).await {
+        let connection = if reusable {
+            Connection::KeepAlive
+        } else {
+            Connection::Close
+        };
+        if let Err(write_err) = send_reply(session, ctx, answer, connection).await {
             tracing::debug!(error = %write_err, "could not send the fallback response");
         }
         Some(status)

@@ -125,12 +125,6 @@ impl ProxyHttp for GatewayProxy {
     /// Routes the request, fixes its request id and runs the route's request filters (the
     /// global ones when no route matches, then 404).
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        if self.state.is_draining() {
-            // Shutting down or handing over to an upgraded process: every answer from now on
-            // says `Connection: close`, so clients reconnect (to the new process) instead of
-            // reusing a connection that is about to be closed.
-            session.set_keepalive(None);
-        }
         if let Some(answered) = self.screen(session, ctx).await? {
             return Ok(answered);
         }
@@ -180,13 +174,13 @@ impl ProxyHttp for GatewayProxy {
             {
                 ctx.answered_by = chain.responder(&ctx.filters).map(Into::into);
                 filter_span(ctx, resp.status().as_u16());
-                send_reply(session, ctx, resp).await?;
+                send_reply(session, ctx, resp, Connection::KeepAlive).await?;
                 return Ok(true);
             }
         }
         if ctx.route.is_none() {
             ctx.error = Some(GatewayError::NoRoute);
-            respond(session, ctx, GatewayError::NoRoute).await?;
+            respond(session, ctx, GatewayError::NoRoute, Connection::KeepAlive).await?;
             return Ok(true);
         }
         Ok(false)
@@ -252,7 +246,7 @@ impl ProxyHttp for GatewayProxy {
                 ctx.call.failure = Some(failure);
                 ctx.error = Some(error);
                 if self.try_fallback(session, ctx, error, true).await.is_none() {
-                    respond(session, ctx, error).await?;
+                    respond(session, ctx, error, Connection::KeepAlive).await?;
                 }
                 Ok(false)
             }
@@ -590,9 +584,7 @@ impl ProxyHttp for GatewayProxy {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if self.state.is_draining() {
-            session.set_keepalive(None);
-        }
+        decide_keepalive(session, ctx, Connection::KeepAlive);
         if let Some(id) = &ctx.request_id {
             resp.insert_header(X_REQUEST_ID, id.clone())?;
         }
@@ -626,9 +618,8 @@ impl ProxyHttp for GatewayProxy {
         if let Some(reply) = ctx.filter_reply.take() {
             // The request body was not read to its end, so the connection cannot be reused.
             let status = reply.status().as_u16();
-            session.set_keepalive(None);
             if session.response_written().is_none() {
-                if let Err(write_err) = send_reply(session, ctx, reply).await {
+                if let Err(write_err) = send_reply(session, ctx, reply, Connection::Close).await {
                     tracing::debug!(error = %write_err, "could not send the filter's response");
                 }
             }
@@ -655,10 +646,12 @@ impl ProxyHttp for GatewayProxy {
             };
         }
         if session.response_written().is_none() {
-            if !reusable {
-                session.set_keepalive(None);
-            }
-            if let Err(write_err) = respond(session, ctx, error).await {
+            let connection = if reusable {
+                Connection::KeepAlive
+            } else {
+                Connection::Close
+            };
+            if let Err(write_err) = respond(session, ctx, error, connection).await {
                 tracing::debug!(error = %write_err, "could not send the error response");
             }
         }

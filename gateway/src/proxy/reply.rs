@@ -3,6 +3,24 @@
 
 use super::*;
 
+/// Whether the client connection stays open after a gateway-made answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Connection {
+    /// Keep it for the next request (unless the gateway is draining).
+    KeepAlive,
+    /// Close it: the request's rest is unread, or pingora will not reuse the connection.
+    Close,
+}
+
+/// Decides keep-alive for a response about to be written: closed when `connection` says so or
+/// the gateway is draining (shutting down or handing over to an upgraded process), so clients
+/// reconnect instead of reusing a connection that is about to close.
+pub(super) fn decide_keepalive(session: &mut Session, ctx: &RequestCtx, connection: Connection) {
+    if connection == Connection::Close || ctx._in_flight.draining() {
+        session.set_keepalive(None);
+    }
+}
+
 /// The filters that apply: the route's chain, or the global filters when no route matched.
 pub(super) fn chain_of(runtime: &Runtime, route: Option<usize>) -> &FilterChain {
     route
@@ -15,6 +33,7 @@ pub(super) async fn respond(
     session: &mut Session,
     ctx: &mut RequestCtx,
     error: GatewayError,
+    connection: Connection,
 ) -> Result<()> {
     let route = ctx.route();
     let body = error.body(
@@ -34,7 +53,7 @@ pub(super) async fn respond(
         http::header::CACHE_CONTROL,
         HeaderValue::from_static("no-store"),
     );
-    send_reply(session, ctx, resp).await
+    send_reply(session, ctx, resp, connection).await
 }
 
 /// Sends a response the gateway made (a filter's answer, an error) through the response
@@ -43,7 +62,9 @@ pub(super) async fn send_reply(
     session: &mut Session,
     ctx: &mut RequestCtx,
     resp: filters::Response,
+    connection: Connection,
 ) -> Result<()> {
+    decide_keepalive(session, ctx, connection);
     let (mut head, body) = resp.into_parts();
     head.headers
         .insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
