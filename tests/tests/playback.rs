@@ -51,7 +51,27 @@ impl Svc {
         }
     }
 
-    async fn wait_healthy(&mut self) {
+    /// Starts `name` and waits until it is healthy. A port that was free when picked may be
+    /// taken by another test's process before the service binds it: then it starts again on
+    /// another port.
+    async fn spawn_healthy(
+        dir: &Path,
+        name: &'static str,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> Self {
+        for _ in 0..3 {
+            let mut svc = Self::spawn(dir, name, args, env);
+            match svc.wait_healthy().await {
+                Ok(()) => return svc,
+                Err(log) if log.contains("in use") => continue,
+                Err(log) => panic!("{name} exited:\n{log}"),
+            }
+        }
+        panic!("{name}: no free port in three tries");
+    }
+
+    async fn wait_healthy(&mut self) -> Result<(), String> {
         let http = client();
         let end = Instant::now() + Duration::from_secs(30);
         loop {
@@ -60,7 +80,7 @@ impl Svc {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("{} exited ({status}):\n{}", self.name, self.log());
+                return Err(format!("({status}) {}", self.log()));
             }
             if let Ok(r) = http
                 .get(format!("http://{}/health", self.addr))
@@ -68,7 +88,7 @@ impl Svc {
                 .await
             {
                 if r.status() == 200 {
-                    return;
+                    return Ok(());
                 }
             }
             assert!(
@@ -128,8 +148,8 @@ impl Stack {
             Some(c) => vec!["--consul".into(), c.address()],
             None => Vec::new(),
         };
-        let mut catalog = Svc::spawn(dir.path(), "catalog", &common, env);
-        let mut steering = Svc::spawn(dir.path(), "steering", &common, env);
+        let catalog = Svc::spawn_healthy(dir.path(), "catalog", &common, env).await;
+        let steering = Svc::spawn_healthy(dir.path(), "steering", &common, env).await;
         let mut play_args = common.clone();
         play_args.extend([
             "--catalog".into(),
@@ -137,10 +157,7 @@ impl Stack {
             "--steering".into(),
             steering.addr.to_string(),
         ]);
-        let mut play = Svc::spawn(dir.path(), "play", &play_args, env);
-        catalog.wait_healthy().await;
-        steering.wait_healthy().await;
-        play.wait_healthy().await;
+        let play = Svc::spawn_healthy(dir.path(), "play", &play_args, env).await;
 
         // The shipped config's clusters and routes, pointed at these processes.
         let file = if consul.is_some() {
@@ -166,6 +183,19 @@ impl Stack {
         body =
             format!("[[listeners]]\nname = \"grpc\"\naddress = \"{grpc}\"\nh2c = true\n\n{body}");
         let gw = Gateway::start_env(&body, env).await;
+        // The h2c listener is its own pingora service and may start a moment after the one
+        // the harness waited for.
+        eventually(
+            "the gateway's gRPC listener",
+            Duration::from_secs(10),
+            || async {
+                tokio::net::TcpStream::connect(grpc)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            },
+        )
+        .await;
         Self {
             _dir: dir,
             catalog,

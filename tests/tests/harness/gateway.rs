@@ -57,7 +57,7 @@ impl Gateway {
     pub async fn start_custom(
         body: &str,
         env: &[(String, String)],
-        edit: impl FnOnce(String) -> String,
+        edit: impl Fn(String) -> String,
     ) -> Self {
         Self::start_edited(gateway_bin(), body, &[], env, edit).await
     }
@@ -67,8 +67,27 @@ impl Gateway {
         body: &str,
         files: &[(&str, &[u8])],
         env: &[(String, String)],
-        edit: impl FnOnce(String) -> String,
+        edit: impl Fn(String) -> String,
     ) -> Self {
+        // A port that was free when picked may be taken by another test's process before the
+        // gateway binds it: then it starts again on other ports.
+        for _ in 0..3 {
+            match Self::try_start(bin, body, files, env, &edit).await {
+                Ok(gw) => return gw,
+                Err(log) if log.contains("cannot listen on") => continue,
+                Err(log) => panic!("gateway exited during start:\n{log}"),
+            }
+        }
+        panic!("gateway: no free ports in three tries");
+    }
+
+    async fn try_start(
+        bin: &Path,
+        body: &str,
+        files: &[(&str, &[u8])],
+        env: &[(String, String)],
+        edit: &impl Fn(String) -> String,
+    ) -> Result<Self, String> {
         let dir = tempfile::tempdir().expect("temp dir");
         for (name, content) in files {
             std::fs::write(dir.path().join(name), content).expect("write file");
@@ -100,8 +119,8 @@ impl Gateway {
             http,
             admin,
         };
-        gw.wait_ready().await;
-        gw
+        gw.wait_ready().await?;
+        Ok(gw)
     }
 
     /// The whole config document the harness writes for `body`.
@@ -127,7 +146,7 @@ impl Gateway {
         std::fs::rename(&tmp, &path).expect("replace config");
     }
 
-    async fn wait_ready(&mut self) {
+    async fn wait_ready(&mut self) -> Result<(), String> {
         let client = reqwest::Client::new();
         let end = Instant::now() + READY_DEADLINE;
         loop {
@@ -136,7 +155,8 @@ impl Gateway {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("gateway exited during start ({status}):\n{}", self.log());
+                self.child = None;
+                return Err(format!("({status}) {}", self.log()));
             }
             let ready = match client
                 .get(format!("http://{}/readyz", self.admin))
@@ -147,7 +167,7 @@ impl Gateway {
                 Err(_) => false,
             };
             if ready && TcpStream::connect(self.http).is_ok() {
-                return;
+                return Ok(());
             }
             assert!(
                 Instant::now() < end,
@@ -239,7 +259,9 @@ impl Gateway {
             .expect("spawn the upgraded gateway");
         let mut old = Process(self.child.replace(new));
         let status = old.wait(Duration::from_secs(30)).await;
-        self.wait_ready().await;
+        if let Err(log) = self.wait_ready().await {
+            panic!("the upgraded gateway exited during start:\n{log}");
+        }
         status
     }
 
