@@ -160,6 +160,28 @@ pub(super) fn retry_policy(route: &Route, cluster: &Cluster) -> RetryPolicy {
     route.policy.retry.unwrap_or(cluster.spec().policy.retry)
 }
 
+/// Where an attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stage {
+    /// Connecting to the endpoint: the request was not sent.
+    Connecting,
+    /// After the request was sent, before a usable response head.
+    Exchanging,
+}
+
+/// The one classification of a failed attempt, by pingora's error type (never its text): what
+/// the breaker records and what the retry and fallback policies see.
+pub(super) fn classify(etype: &ErrorType, stage: Stage) -> (Outcome, Failure) {
+    match (stage, etype) {
+        (Stage::Connecting, ErrorType::ConnectTimedout) => (Outcome::Timeout, Failure::Timeout),
+        (Stage::Connecting, _) => (Outcome::Failure, Failure::Connect),
+        (Stage::Exchanging, ErrorType::ReadTimedout | ErrorType::WriteTimedout) => {
+            (Outcome::Timeout, Failure::Timeout)
+        }
+        (Stage::Exchanging, _) => (Outcome::Failure, Failure::Reset),
+    }
+}
+
 /// What the phase adapter reads from pingora for a decision after a failed attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Facts {
@@ -244,6 +266,91 @@ pub(super) fn next_after(
     } else {
         Next::Fail
     }
+}
+
+/// Whether `status` counts as the upstream's failure: the cluster breaker's
+/// `failure_statuses`, or any 5xx without a breaker.
+pub(super) fn is_failure_status(cluster: &Cluster, status: u16) -> bool {
+    cluster
+        .spec()
+        .policy
+        .breaker
+        .as_ref()
+        .map_or(status >= 500, |b| b.failure_statuses.contains(status))
+}
+
+/// What to do with an upstream's response head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// Relay it to the client.
+    Relay,
+    /// Drop it and make another attempt: a retry, or the route's fallback cluster.
+    AttemptAgain,
+    /// Drop it and answer with the route's local fallback (last good, static).
+    LocalFallback,
+}
+
+/// Records the current attempt's answer, `status`, on the breaker, the endpoint and the
+/// cluster's metrics, and decides what to do with it: a failure status (or one the retry
+/// policy names) is attempted again when [`next_after`] allows, else answered by the local
+/// fallback when it covers the failure and `local_answer()` says it has an answer, else
+/// relayed. A good answer on the fallback cluster counts as the fallback's success.
+pub(super) fn on_response(
+    route: &Route,
+    call: &mut Call,
+    picked: Option<&Picked>,
+    status: u16,
+    facts: Facts,
+    local_answer: impl FnOnce() -> bool,
+    now: Instant,
+) -> Verdict {
+    let cluster = call.target.clone().unwrap_or_else(|| route.cluster.clone());
+    let failed = is_failure_status(&cluster, status);
+    let latency = call
+        .attempt_started
+        .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
+    call.upstream_time = Some(latency);
+    let outcome = if failed {
+        Outcome::Failure
+    } else {
+        Outcome::Success
+    };
+    cluster.metrics().attempt(outcome, latency);
+    if let Some(p) = call.permit.take() {
+        p.record(outcome, latency, now);
+    }
+    if let Some(p) = picked {
+        if status >= 500 {
+            cluster.endpoint_failed(p, now);
+        } else {
+            cluster.endpoint_succeeded(p);
+        }
+    }
+    call.answered = true;
+    let retry_status = retry_policy(route, &cluster).on.statuses.contains(status);
+    if failed || retry_status {
+        let failure = Failure::Status(status);
+        call.failure = Some(failure);
+        if next_after(route, call, failure, facts, now).attempts_again() {
+            return Verdict::AttemptAgain;
+        }
+        let covered = route
+            .policy
+            .fallback
+            .as_ref()
+            .is_some_and(|spec| spec.on.covers(failure));
+        if covered && local_answer() {
+            return Verdict::LocalFallback;
+        }
+        return Verdict::Relay;
+    }
+    call.failure = None;
+    if call.on_fallback_cluster.is_some() {
+        if let Some(b) = route.cluster.breaker() {
+            b.record(Event::FallbackSuccess, now);
+        }
+    }
+    Verdict::Relay
 }
 
 /// [`next_after`] for the request of `session` in `ctx`: whether pingora attempts again.
@@ -482,6 +589,94 @@ mod tests {
         assert!(
             !matches!(got, Err(Failure::BulkheadFull)),
             "a slot is free again: {got:?}"
+        );
+    }
+
+    #[test]
+    fn a_response_is_relayed_retried_or_answered_by_the_local_fallback() {
+        let now = Instant::now();
+        let rt = runtime(
+            &format!("{A}[clusters.a.retry]\nretries = 1\non = [503]\n"),
+            "[routes.fallback]\n[routes.fallback.response]\nstatus = 200\nbody = \"degraded\"\n",
+        );
+        let route = &rt.routes[0];
+        let mut call = call_for(route);
+        let ok = on_response(route, &mut call, None, 200, sent(true), || true, now);
+        assert_eq!(ok, Verdict::Relay);
+        assert_eq!(call.failure, None);
+        assert!(call.answered);
+
+        let mut call = call_for(route);
+        let first = on_response(route, &mut call, None, 503, sent(true), || true, now);
+        assert_eq!(first, Verdict::AttemptAgain, "503 is in the retry policy");
+        let second = on_response(route, &mut call, None, 503, sent(true), || true, now);
+        assert_eq!(
+            second,
+            Verdict::LocalFallback,
+            "retries used up: the static fallback answers"
+        );
+        assert_eq!(call.failure, Some(Failure::Status(503)));
+
+        let mut call = call_for(route);
+        let none = on_response(route, &mut call, None, 500, sent(true), || false, now);
+        assert_eq!(
+            none,
+            Verdict::Relay,
+            "no local answer: the upstream's 500 is relayed"
+        );
+        assert_eq!(call.failure, Some(Failure::Status(500)));
+
+        let mut call = call_for(route);
+        let client_error = on_response(route, &mut call, None, 404, sent(true), || true, now);
+        assert_eq!(client_error, Verdict::Relay, "4xx are not failures");
+        assert_eq!(call.failure, None);
+    }
+
+    #[test]
+    fn breaker_failure_statuses_decide_what_counts_as_a_failure() {
+        let rt = runtime(
+            &format!("{A}[clusters.a.circuit_breaker]\nfailure_statuses = [429, 503]\n"),
+            "",
+        );
+        let cluster = &rt.routes[0].cluster;
+        assert!(is_failure_status(cluster, 429));
+        assert!(is_failure_status(cluster, 503));
+        assert!(!is_failure_status(cluster, 500), "only the listed statuses");
+        let plain = runtime(A, "");
+        assert!(is_failure_status(&plain.routes[0].cluster, 500));
+        assert!(!is_failure_status(&plain.routes[0].cluster, 429));
+    }
+
+    #[test]
+    fn failed_attempts_are_classified_by_error_type_and_stage() {
+        use ErrorType::*;
+        assert_eq!(
+            classify(&ConnectTimedout, Stage::Connecting),
+            (Outcome::Timeout, Failure::Timeout)
+        );
+        assert_eq!(
+            classify(&ConnectRefused, Stage::Connecting),
+            (Outcome::Failure, Failure::Connect)
+        );
+        assert_eq!(
+            classify(&TLSHandshakeFailure, Stage::Connecting),
+            (Outcome::Failure, Failure::Connect)
+        );
+        assert_eq!(
+            classify(&ReadTimedout, Stage::Exchanging),
+            (Outcome::Timeout, Failure::Timeout)
+        );
+        assert_eq!(
+            classify(&WriteTimedout, Stage::Exchanging),
+            (Outcome::Timeout, Failure::Timeout)
+        );
+        assert_eq!(
+            classify(&ConnectionClosed, Stage::Exchanging),
+            (Outcome::Failure, Failure::Reset)
+        );
+        assert_eq!(
+            classify(&InvalidHTTPHeader, Stage::Exchanging),
+            (Outcome::Failure, Failure::Reset)
         );
     }
 }

@@ -325,11 +325,7 @@ impl ProxyHttp for GatewayProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         let now = Instant::now();
-        let (outcome, failure) = if e.etype() == &ErrorType::ConnectTimedout {
-            (Outcome::Timeout, Failure::Timeout)
-        } else {
-            (Outcome::Failure, Failure::Connect)
-        };
+        let (outcome, failure) = classify(e.etype(), Stage::Connecting);
         attempt_failed(ctx, outcome, failure, now);
         let retry = retry_decision(session, ctx, failure, false, now);
         e.set_retry(retry);
@@ -380,12 +376,7 @@ impl ProxyHttp for GatewayProxy {
             e.set_retry(true);
             return e;
         }
-        let (outcome, failure) = match e.etype() {
-            ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
-                (Outcome::Timeout, Failure::Timeout)
-            }
-            _ => (Outcome::Failure, Failure::Reset),
-        };
+        let (outcome, failure) = classify(e.etype(), Stage::Exchanging);
         attempt_failed(ctx, outcome, failure, now);
         let retry = retry_decision(session, ctx, failure, true, now);
         e.set_retry(retry);
@@ -485,73 +476,52 @@ impl ProxyHttp for GatewayProxy {
             return Err(Error::explain(ErrorType::HTTPStatus(502), why));
         }
         let status = resp.status.as_u16();
-        let failed = cluster
-            .spec()
-            .policy
-            .breaker
-            .as_ref()
-            .map_or(status >= 500, |b| b.failure_statuses.contains(status));
-        let latency = ctx
-            .call
-            .attempt_started
-            .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
-        ctx.call.upstream_time = Some(latency);
-        let outcome = if failed {
-            Outcome::Failure
-        } else {
-            Outcome::Success
-        };
-        cluster.metrics().attempt(outcome, latency);
-        ctx.trace.attempt_answered(status, failed);
-        if let Some(p) = ctx.call.permit.take() {
-            p.record(outcome, latency, now);
-        }
-        if let Some(p) = &ctx.picked {
-            if status >= 500 {
-                cluster.endpoint_failed(p, now);
-            } else {
-                cluster.endpoint_succeeded(p);
-            }
-        }
-        ctx.call.answered = true;
+        ctx.trace
+            .attempt_answered(status, is_failure_status(&cluster, status));
         let runtime = ctx.runtime.clone();
         let Some(route) = ctx.route.and_then(|i| runtime.routes.get(i)) else {
             return Ok(());
         };
-        let retry_status = retry_policy(route, &cluster).on.statuses.contains(status);
-        if failed || retry_status {
-            let failure = Failure::Status(status);
-            ctx.call.failure = Some(failure);
-            let explain = |what| Error::explain(ErrorType::HTTPStatus(status), what);
-            if retry_decision(session, ctx, failure, true, now) {
-                ctx.trace.end_attempt(Some(&failure.reason()));
+        let local_answer = || {
+            let spec = route.policy.fallback.as_ref();
+            let cached = match (&route.last_good, last_good_key(session)) {
+                (Some(lg), Some(k)) => lg.answer(&k, now).is_some(),
+                _ => false,
+            };
+            cached || spec.is_some_and(|s| s.response.is_some())
+        };
+        let facts = Facts::of(session, true);
+        let verdict = on_response(
+            route,
+            &mut ctx.call,
+            ctx.picked.as_ref(),
+            status,
+            facts,
+            local_answer,
+            now,
+        );
+        let explain = |what| Error::explain(ErrorType::HTTPStatus(status), what);
+        match verdict {
+            Verdict::AttemptAgain => {
+                let reason = Failure::Status(status).reason();
+                ctx.trace.end_attempt(Some(&reason));
                 ctx.call.status_retry = Some(true);
-                return Err(explain("the upstream answered with a retryable status"));
+                Err(explain("the upstream answered with a retryable status"))
             }
-            if let Some(spec) = &route.policy.fallback {
-                let key = last_good_key(session);
-                let cached = match (&route.last_good, &key) {
-                    (Some(lg), Some(k)) => lg.answer(k, now).is_some(),
-                    _ => false,
-                };
-                if spec.on.covers(failure) && (cached || spec.response.is_some()) {
-                    ctx.call.status_retry = Some(false);
-                    ctx.error = Some(GatewayError::UpstreamStatus);
-                    return Err(explain("the upstream answered with a failure status"));
+            Verdict::LocalFallback => {
+                ctx.call.status_retry = Some(false);
+                ctx.error = Some(GatewayError::UpstreamStatus);
+                Err(explain("the upstream answered with a failure status"))
+            }
+            Verdict::Relay => {
+                if ctx.call.failure.is_none() {
+                    if let (Some(lg), Some(key)) = (&route.last_good, last_good_key(session)) {
+                        ctx.call.capture = lg.capture(key, resp.status, &resp.headers);
+                    }
                 }
-            }
-            return Ok(());
-        }
-        ctx.call.failure = None;
-        if ctx.call.on_fallback_cluster.is_some() {
-            if let Some(b) = route.cluster.breaker() {
-                b.record(Event::FallbackSuccess, now);
+                Ok(())
             }
         }
-        if let (Some(lg), Some(key)) = (&route.last_good, last_good_key(session)) {
-            ctx.call.capture = lg.capture(key, resp.status, &resp.headers);
-        }
-        Ok(())
     }
 
     /// Records the body of a response kept for `last_good` fallbacks.
