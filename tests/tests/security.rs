@@ -626,27 +626,22 @@ fn v2_header(src: &str, dst: SocketAddr) -> Vec<u8> {
     h
 }
 
+/// A route `/blocked` whose `ip_filter` denies `cidr`, and a catch-all route, on cluster `echo`.
+fn deny_routes(cidr: &str) -> String {
+    format!(
+        "\n[[routes]]\nname = \"blocked\"\ncluster = \"echo\"\npath_prefix = \"/blocked\"\n\n\
+         [[routes.filters]]\nfilter = \"ip_filter\"\ndeny = [\"{cidr}\"]\n\n\
+         [[routes]]\nname = \"all\"\ncluster = \"echo\"\n"
+    )
+}
+
 #[tokio::test]
 async fn proxy_protocol_gives_the_real_client() {
     let up = echo("up").await;
     let gw = Gateway::start(&format!(
-        r#"proxy_protocol = true
-
-{cluster}
-[[routes]]
-name = "blocked"
-cluster = "echo"
-path_prefix = "/blocked"
-
-[[routes.filters]]
-filter = "ip_filter"
-deny = ["203.0.113.0/24"]
-
-[[routes]]
-name = "all"
-cluster = "echo"
-"#,
-        cluster = cluster("echo", &[&up], ""),
+        "proxy_protocol = true\n\n{}{}",
+        cluster("echo", &[&up], ""),
+        deny_routes("203.0.113.0/24")
     ))
     .await;
     let mut v1 = format!(
@@ -763,20 +758,7 @@ async fn proxy_protocol_precedes_tls() {
 #[tokio::test]
 async fn forwarding_headers_are_believed_only_from_trusted_proxies() {
     let up = echo("up").await;
-    let routes = r#"
-[[routes]]
-name = "blocked"
-cluster = "echo"
-path_prefix = "/blocked"
-
-[[routes.filters]]
-filter = "ip_filter"
-deny = ["198.51.100.7/32"]
-
-[[routes]]
-name = "all"
-cluster = "echo"
-"#;
+    let routes = deny_routes("198.51.100.7/32");
     let trusted = Gateway::start(&format!(
         "[http]\ntrusted_proxies = [\"127.0.0.0/8\"]\nxff_trusted_hops = 1\n\n{}{routes}",
         cluster("echo", &[&up], "")

@@ -83,6 +83,58 @@ pub(super) fn hash_input(key: &HashKey, req: &RequestHeader, client_ip: Option<I
     }
 }
 
+/// Sets the proxy headers of the upstream request: `X-Forwarded-For` (a trusted proxy's chain
+/// with the peer appended; from an untrusted peer the peer alone, with `Forwarded` and
+/// `X-Real-IP` dropped), `X-Forwarded-Proto`, `X-Forwarded-Host`, `Via`, and the trace context.
+pub(super) fn set_proxy_headers(
+    req: &RequestHeader,
+    upstream: &mut RequestHeader,
+    ctx: &RequestCtx,
+) -> Result<()> {
+    if let Some(peer) = ctx.peer {
+        // A trusted proxy's chain is passed on with the proxy appended; an untrusted
+        // client's forwarding headers are dropped, so the upstream is not fooled either.
+        let previous = if ctx.peer_trusted {
+            upstream.headers.get(X_FORWARDED_FOR)
+        } else {
+            upstream.remove_header(&http::header::FORWARDED);
+            upstream.remove_header(&X_REAL_IP);
+            None
+        };
+        if let Some(v) = appended(previous, peer.to_string().as_bytes()) {
+            upstream.insert_header(X_FORWARDED_FOR, v)?;
+        }
+    }
+    upstream.insert_header(X_FORWARDED_PROTO, if ctx.tls { "https" } else { "http" })?;
+    let host = request_host(&req.uri, &req.headers);
+    if !host.is_empty() {
+        let host = HeaderValue::from_str(host).ok();
+        if let Some(h) = host {
+            upstream.insert_header(X_FORWARDED_HOST, h)?;
+        }
+    }
+    let via = appended(
+        upstream.headers.get(VIA),
+        &via_entry(&ctx.runtime, req.version),
+    );
+    if let Some(v) = via {
+        upstream.insert_header(VIA, v)?;
+    }
+    let (parent, state) = ctx.trace.upstream_headers();
+    if let Some(p) = parent {
+        upstream.insert_header(TRACEPARENT, p)?;
+    }
+    match state {
+        Some(s) => {
+            upstream.insert_header(TRACESTATE, s)?;
+        }
+        None => {
+            upstream.remove_header(&TRACESTATE);
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

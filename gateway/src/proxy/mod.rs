@@ -399,48 +399,7 @@ impl ProxyHttp for GatewayProxy {
                 upstream.set_uri(uri);
             }
         }
-        if let Some(peer) = ctx.peer {
-            // A trusted proxy's chain is passed on with the proxy appended; an untrusted
-            // client's forwarding headers are dropped, so the upstream is not fooled either.
-            let previous = if ctx.peer_trusted {
-                upstream.headers.get(X_FORWARDED_FOR)
-            } else {
-                upstream.remove_header(&http::header::FORWARDED);
-                upstream.remove_header(&X_REAL_IP);
-                None
-            };
-            if let Some(v) = appended(previous, peer.to_string().as_bytes()) {
-                upstream.insert_header(X_FORWARDED_FOR, v)?;
-            }
-        }
-        upstream.insert_header(X_FORWARDED_PROTO, if ctx.tls { "https" } else { "http" })?;
-        let host = request_host(&session.req_header().uri, &session.req_header().headers);
-        if !host.is_empty() {
-            let host = HeaderValue::from_str(host).ok();
-            if let Some(h) = host {
-                upstream.insert_header(X_FORWARDED_HOST, h)?;
-            }
-        }
-        let via = appended(
-            upstream.headers.get(VIA),
-            &via_entry(&ctx.runtime, session.req_header().version),
-        );
-        if let Some(v) = via {
-            upstream.insert_header(VIA, v)?;
-        }
-        let (parent, state) = ctx.trace.upstream_headers();
-        if let Some(p) = parent {
-            upstream.insert_header(TRACEPARENT, p)?;
-        }
-        match state {
-            Some(s) => {
-                upstream.insert_header(TRACESTATE, s)?;
-            }
-            None => {
-                upstream.remove_header(&TRACESTATE);
-            }
-        }
-        Ok(())
+        set_proxy_headers(session.req_header(), upstream, ctx)
     }
 
     /// Records the attempt's outcome (breaker, endpoint). A failure status is retried on
@@ -465,12 +424,7 @@ impl ProxyHttp for GatewayProxy {
                 "upstream response head refused"
             );
             crate::metrics::metrics().edge_refusal("upstream_headers_too_large");
-            let latency = ctx
-                .call
-                .attempt_started
-                .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
             attempt_failed(ctx, Outcome::Failure, Failure::Status(502), now);
-            ctx.call.upstream_time = Some(latency);
             ctx.call.status_retry = Some(false);
             ctx.error = Some(GatewayError::UpstreamHeadersTooLarge);
             return Err(Error::explain(ErrorType::HTTPStatus(502), why));
@@ -634,79 +588,6 @@ impl ProxyHttp for GatewayProxy {
     /// Records the request's outcome (metrics, the Hystrix window) and writes its access log
     /// line.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        let status = session.response_written().map_or_else(
-            || ctx.error.map_or(0, GatewayError::status),
-            |r| r.status.as_u16(),
-        );
-        let elapsed = ctx.started.elapsed();
-        let runtime = ctx.runtime.clone();
-        let route = ctx.route.and_then(|i| runtime.routes.get(i));
-        let events = request_events(ctx);
-        if let Some(r) = route {
-            r.metrics.finish(status, elapsed, events);
-            let fallback = ctx.call.local_fallback.or_else(|| {
-                ctx.call
-                    .on_fallback_cluster
-                    .map(|_| ("cluster", events.fallback == Some(Event::FallbackSuccess)))
-            });
-            if let Some((kind, ok)) = fallback {
-                crate::metrics::metrics().fallback(&r.name, kind, ok);
-            }
-        } else {
-            crate::metrics::metrics().unrouted(status);
-        }
-        if let Some(filter) = &ctx.answered_by {
-            crate::metrics::metrics().filter_rejection(
-                route.map_or("-", |r| &r.name),
-                filter,
-                status,
-            );
-        }
-        let reason: Cow<'_, str> = match (&ctx.answered_by, ctx.call.local_fallback, ctx.error) {
-            (Some(filter), _, _) => Cow::Owned(format!("filter:{filter}")),
-            (None, Some((kind, true)), _) => Cow::Owned(format!("fallback:{kind}")),
-            (None, _, Some(e)) => Cow::Borrowed(e.code()),
-            _ => Cow::Borrowed("-"),
-        };
-        ctx.trace
-            .finish(status, (reason != "-").then_some(&*reason));
-        if !ctx.runtime.access_log.enabled {
-            return;
-        }
-        let req = session.req_header();
-        let trace_id = ctx.trace.trace_id().to_string();
-        let grpc_status = session
-            .response_written()
-            .filter(|r| crate::grpc::is_grpc(&r.headers))
-            .and_then(|r| r.headers.get("grpc-status"))
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
-        crate::access_log::write(&crate::access_log::AccessRecord {
-            method: req.method.as_str(),
-            path: req.uri.path(),
-            host: request_host(&req.uri, &req.headers),
-            route: route.map_or("-", |r| &*r.name),
-            cluster: ctx
-                .call
-                .target
-                .as_ref()
-                .map_or_else(|| route.map_or("-", |r| r.cluster.name()), |c| c.name()),
-            endpoint: ctx.picked.as_ref().map(|p| p.endpoint().address),
-            status,
-            grpc_status,
-            bytes_sent: session.as_ref().body_bytes_sent() as u64,
-            bytes_received: session.as_ref().body_bytes_read() as u64,
-            duration_ms: elapsed.as_secs_f64() * 1000.0,
-            upstream_ms: ctx.call.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
-            attempts: ctx.call.attempts,
-            request_id: ctx
-                .request_id
-                .as_ref()
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-"),
-            trace_id: &trace_id,
-            client: ctx.client_ip,
-            reason: &reason,
-        });
+        record(session, ctx);
     }
 }

@@ -60,3 +60,78 @@ pub(super) fn request_events(ctx: &RequestCtx) -> RequestEvents {
         fallback,
     }
 }
+
+/// Records the finished request: the route's metrics and rolling window, fallback and filter
+/// counters, the end of its spans, and its access-log line.
+pub(super) fn record(session: &Session, ctx: &mut RequestCtx) {
+    let status = session.response_written().map_or_else(
+        || ctx.error.map_or(0, GatewayError::status),
+        |r| r.status.as_u16(),
+    );
+    let elapsed = ctx.started.elapsed();
+    let runtime = ctx.runtime.clone();
+    let route = ctx.route.and_then(|i| runtime.routes.get(i));
+    let events = request_events(ctx);
+    if let Some(r) = route {
+        r.metrics.finish(status, elapsed, events);
+        let fallback = ctx.call.local_fallback.or_else(|| {
+            ctx.call
+                .on_fallback_cluster
+                .map(|_| ("cluster", events.fallback == Some(Event::FallbackSuccess)))
+        });
+        if let Some((kind, ok)) = fallback {
+            crate::metrics::metrics().fallback(&r.name, kind, ok);
+        }
+    } else {
+        crate::metrics::metrics().unrouted(status);
+    }
+    if let Some(filter) = &ctx.answered_by {
+        crate::metrics::metrics().filter_rejection(route.map_or("-", |r| &r.name), filter, status);
+    }
+    let reason: Cow<'_, str> = match (&ctx.answered_by, ctx.call.local_fallback, ctx.error) {
+        (Some(filter), _, _) => Cow::Owned(format!("filter:{filter}")),
+        (None, Some((kind, true)), _) => Cow::Owned(format!("fallback:{kind}")),
+        (None, _, Some(e)) => Cow::Borrowed(e.code()),
+        _ => Cow::Borrowed("-"),
+    };
+    ctx.trace
+        .finish(status, (reason != "-").then_some(&*reason));
+    if !ctx.runtime.access_log.enabled {
+        return;
+    }
+    let req = session.req_header();
+    let trace_id = ctx.trace.trace_id().to_string();
+    let grpc_status = session
+        .response_written()
+        .filter(|r| crate::grpc::is_grpc(&r.headers))
+        .and_then(|r| r.headers.get("grpc-status"))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    crate::access_log::write(&crate::access_log::AccessRecord {
+        method: req.method.as_str(),
+        path: req.uri.path(),
+        host: request_host(&req.uri, &req.headers),
+        route: route.map_or("-", |r| &*r.name),
+        cluster: ctx
+            .call
+            .target
+            .as_ref()
+            .map_or_else(|| route.map_or("-", |r| r.cluster.name()), |c| c.name()),
+        endpoint: ctx.picked.as_ref().map(|p| p.endpoint().address),
+        status,
+        grpc_status,
+        bytes_sent: session.as_ref().body_bytes_sent() as u64,
+        bytes_received: session.as_ref().body_bytes_read() as u64,
+        duration_ms: elapsed.as_secs_f64() * 1000.0,
+        upstream_ms: ctx.call.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
+        attempts: ctx.call.attempts,
+        request_id: ctx
+            .request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-"),
+        trace_id: &trace_id,
+        client: ctx.client_ip,
+        reason: &reason,
+    });
+}

@@ -80,11 +80,7 @@ impl ConsulAgent {
         let client = reqwest::Client::new();
         let end = Instant::now() + READY_DEADLINE;
         loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+            if let Some(status) = exited(&mut self.child) {
                 panic!("consul exited during start ({status}):\n{}", self.log());
             }
             let leader = match client

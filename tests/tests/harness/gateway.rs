@@ -150,11 +150,7 @@ impl Gateway {
         let client = reqwest::Client::new();
         let end = Instant::now() + READY_DEADLINE;
         loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+            if let Some(status) = exited(&mut self.child) {
                 self.child = None;
                 return Err(format!("({status}) {}", self.log()));
             }
@@ -219,11 +215,7 @@ impl Gateway {
     pub async fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
         let end = Instant::now() + deadline;
         loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+            if let Some(status) = exited(&mut self.child) {
                 self.child = None;
                 return status;
             }
@@ -267,9 +259,7 @@ impl Gateway {
 
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+        self.child.is_some() && exited(&mut self.child).is_none()
     }
 }
 

@@ -2,6 +2,11 @@
 
 use super::*;
 
+/// The exit status of `child` when it has exited (polled, never waits).
+pub fn exited(child: &mut Option<Child>) -> Option<ExitStatus> {
+    child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+}
+
 /// A child process that is killed when dropped (also when a test fails).
 #[derive(Debug)]
 pub struct Process(pub(super) Option<Child>);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::{ranged, socket_addr};
+use super::{count, ranged, socket_addr};
 use crate::config::error::Issues;
 use crate::config::raw::{RawAdmin, RawHttp};
 use crate::config::{AdminSettings, SecretString};
@@ -15,7 +15,7 @@ use crate::edge::{
     PathOptions,
 };
 
-fn size(
+fn count_usize(
     v: &Option<Spanned<i64>>,
     key: &str,
     min: i64,
@@ -23,7 +23,7 @@ fn size(
     default: usize,
     issues: &mut Issues<'_>,
 ) -> usize {
-    ranged(v, key, min, max, default as i64, issues).unsigned_abs() as usize
+    count(v, key, min, max, default as i64, issues) as usize
 }
 
 /// A duration in ms where 0 turns the limit off.
@@ -69,7 +69,7 @@ pub(super) fn listener_edge(
     let l = d.limits;
     const MIB: i64 = 1024 * 1024;
     let limits = HeadLimits {
-        max_uri_bytes: size(
+        max_uri_bytes: count_usize(
             &raw.max_uri_bytes,
             "max_uri_bytes",
             64,
@@ -77,7 +77,7 @@ pub(super) fn listener_edge(
             l.max_uri_bytes,
             issues,
         ),
-        max_header_bytes: size(
+        max_header_bytes: count_usize(
             &raw.max_header_bytes,
             "max_header_bytes",
             64,
@@ -85,7 +85,7 @@ pub(super) fn listener_edge(
             l.max_header_bytes,
             issues,
         ),
-        max_headers_bytes: size(
+        max_headers_bytes: count_usize(
             &raw.max_headers_bytes,
             "max_headers_bytes",
             256,
@@ -93,7 +93,7 @@ pub(super) fn listener_edge(
             l.max_headers_bytes,
             issues,
         ),
-        max_headers: size(
+        max_headers: count_usize(
             &raw.max_headers,
             "max_headers",
             8,
@@ -101,7 +101,7 @@ pub(super) fn listener_edge(
             l.max_headers,
             issues,
         ),
-        max_response_headers_bytes: size(
+        max_response_headers_bytes: count_usize(
             &raw.max_response_headers_bytes,
             "max_response_headers_bytes",
             256,
@@ -109,7 +109,7 @@ pub(super) fn listener_edge(
             l.max_response_headers_bytes,
             issues,
         ),
-        max_response_headers: size(
+        max_response_headers: count_usize(
             &raw.max_response_headers,
             "max_response_headers",
             8,
@@ -163,7 +163,7 @@ pub(super) fn listener_edge(
             issues,
         ),
         idle_timeout: idle,
-        max_connections: size(
+        max_connections: count_usize(
             &raw.max_connections,
             "max_connections",
             0,
@@ -171,7 +171,7 @@ pub(super) fn listener_edge(
             d.max_connections,
             issues,
         ),
-        max_connections_per_client: size(
+        max_connections_per_client: count_usize(
             &raw.max_connections_per_client,
             "max_connections_per_client",
             0,
@@ -261,7 +261,7 @@ pub(super) fn h2_settings(
 ) -> H2Settings {
     let d = H2Settings::default();
     H2Settings {
-        max_concurrent_streams: size(
+        max_concurrent_streams: count_usize(
             &raw.h2_max_concurrent_streams,
             "h2_max_concurrent_streams",
             1,
@@ -269,7 +269,7 @@ pub(super) fn h2_settings(
             d.max_concurrent_streams as usize,
             issues,
         ) as u32,
-        max_pending_accept_reset_streams: size(
+        max_pending_accept_reset_streams: count_usize(
             &raw.h2_max_reset_streams,
             "h2_max_reset_streams",
             1,

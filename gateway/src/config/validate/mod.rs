@@ -233,6 +233,18 @@ fn syntax_error(text: &str, source_name: &Path, e: &toml::de::Error) -> ConfigEr
     }
 }
 
+/// [`ranged`] for counts and sizes, which are never negative.
+pub(super) fn count(
+    v: &Option<Spanned<i64>>,
+    key: &str,
+    min: i64,
+    max: i64,
+    default: i64,
+    issues: &mut Issues<'_>,
+) -> u64 {
+    ranged(v, key, min, max, default, issues).unsigned_abs()
+}
+
 pub(super) fn ranged(
     v: &Option<Spanned<i64>>,
     key: &str,

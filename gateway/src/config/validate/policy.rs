@@ -9,24 +9,13 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use resilience::{BreakerConfig, BudgetConfig, BulkheadConfig, Trip};
 use toml::Spanned;
 
-use super::{ms, ranged};
+use super::{count, ms, ranged};
 use crate::config::error::Issues;
 use crate::config::policy::{
     BreakerSettings, BulkheadSettings, ClusterPolicy, FallbackOn, FallbackSpec, LastGoodSettings,
     OutlierSettings, RetryOn, RetryPolicy, RoutePolicy, StaticResponse, StatusSet,
 };
 use crate::config::raw::{RawCluster, RawFallback, RawRetry, RawRoute};
-
-fn count(
-    v: &Option<Spanned<i64>>,
-    key: &str,
-    min: i64,
-    max: i64,
-    default: i64,
-    issues: &mut Issues<'_>,
-) -> u64 {
-    ranged(v, key, min, max, default, issues).unsigned_abs()
-}
 
 /// Parses a condition list such as `["connect_failure", "5xx", 503]`: names from `allowed`,
 /// `5xx`, `gateway_error` (502, 503, 504) and status codes (as numbers or strings).
