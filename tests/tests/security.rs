@@ -63,18 +63,20 @@ name = "pub"
 cluster = "echo"
 path_prefix = "/pub"
 
-[[routes]]
-name = "priv"
-cluster = "echo"
-path_prefix = "/priv"
-
-[[routes.filters]]
-filter = "jwt"
-keys = [{{ kid = "hs", algorithm = "HS256", secret = "an-hmac-secret-that-is-long-enough-0123456789" }}]
-"#,
+{private}"#,
         cluster = cluster("echo", &[up], ""),
+        private = jwt_route("priv", "an-hmac-secret-that-is-long-enough-0123456789"),
     ))
     .await
+}
+
+/// A route `/NAME` on cluster `echo` behind a `jwt` filter with one HS256 key, `secret`.
+fn jwt_route(name: &str, secret: &str) -> String {
+    format!(
+        "\n[[routes]]\nname = \"{name}\"\ncluster = \"echo\"\npath_prefix = \"/{name}\"\n\n\
+         [[routes.filters]]\nfilter = \"jwt\"\n\
+         keys = [{{ kid = \"hs\", algorithm = \"HS256\", secret = \"{secret}\" }}]\n"
+    )
 }
 
 /// Percent-decodes once, as a backend would.
@@ -997,26 +999,10 @@ async fn secrets_come_from_the_environment_or_a_file() {
     std::fs::write(&secret_file, format!("{file_secret}\n")).expect("write");
     let body = format!(
         r#"{cluster}
-[[routes]]
-name = "env"
-cluster = "echo"
-path_prefix = "/env"
-
-[[routes.filters]]
-filter = "jwt"
-keys = [{{ kid = "hs", algorithm = "HS256", secret = "${{env:GW_TEST_HMAC}}" }}]
-
-[[routes]]
-name = "file"
-cluster = "echo"
-path_prefix = "/file"
-
-[[routes.filters]]
-filter = "jwt"
-keys = [{{ kid = "hs", algorithm = "HS256", secret = "${{file:{file}}}" }}]
-"#,
+{env}{file}"#,
         cluster = cluster("echo", &[&up], ""),
-        file = secret_file.display(),
+        env = jwt_route("env", "${env:GW_TEST_HMAC}"),
+        file = jwt_route("file", &format!("${{file:{}}}", secret_file.display())),
     );
     let gw = Gateway::start_env(&body, &[("GW_TEST_HMAC".into(), secret.into())]).await;
     let sign = |key: &str| {
