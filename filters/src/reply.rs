@@ -1,5 +1,7 @@
 //! Responses filters answer with: a JSON body in the gateway's error shape.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderValue, StatusCode};
@@ -7,8 +9,14 @@ use serde::Serialize;
 
 use crate::Response;
 
+/// The short message a gateway gives a gRPC client (`grpc-message`) for a response it answers
+/// itself, carried as a response extension so that nothing re-parses the body.
+/// [`json_error`] sets it to the error code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message(pub Cow<'static, str>);
+
 /// A JSON error response `{"error": code, "status": N, "reason": reason}` that is never
-/// cached, matching the shape of the gateway's own errors.
+/// cached, matching the shape of the gateway's own errors; its [`Message`] is `code`.
 pub fn json_error(status: StatusCode, code: &str, reason: &str) -> Response {
     #[derive(Serialize)]
     struct Body<'a> {
@@ -28,6 +36,8 @@ pub fn json_error(status: StatusCode, code: &str, reason: &str) -> Response {
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp.headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.extensions_mut()
+        .insert(Message(Cow::Owned(code.to_owned())));
     resp
 }
 
@@ -51,5 +61,9 @@ mod tests {
         assert_eq!(v["error"], "rate_limited");
         assert_eq!(v["status"], 429);
         assert_eq!(v["reason"], "slow down");
+        assert_eq!(
+            r.extensions().get::<Message>(),
+            Some(&Message("rate_limited".into()))
+        );
     }
 }

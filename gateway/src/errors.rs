@@ -3,30 +3,18 @@
 
 use pingora::{Error, ErrorSource, ErrorType};
 
-use crate::edge::{HeadViolation, PathError};
+use resilience::Failure;
 use serde::Serialize;
+
+use crate::edge::{HeadViolation, PathError};
 
 /// Why the gateway answered a request itself instead of relaying an upstream response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum GatewayError {
     /// No route matches the request.
     NoRoute,
-    /// The route's cluster has no endpoints.
-    NoEndpoints,
-    /// Connecting to the upstream endpoint failed (refused, unreachable, TLS).
-    ConnectFailed,
-    /// Connecting took longer than the cluster's connect timeout.
-    ConnectTimeout,
-    /// The upstream accepted the request but did not answer within the read/write timeout.
-    UpstreamTimeout,
-    /// The upstream broke the exchange (closed early, invalid response).
-    UpstreamBroken,
-    /// The cluster's circuit breaker is refusing calls.
-    CircuitOpen,
-    /// The cluster's bulkhead is full.
-    BulkheadFull,
-    /// The upstream answered with a failure status and the fallback could not answer.
-    UpstreamStatus,
+    /// The upstream call failed (or was refused) and no fallback answered.
+    Upstream(Failure),
     /// The client sent something the gateway cannot proxy.
     BadRequest,
     /// A bug or resource problem inside the gateway.
@@ -35,24 +23,36 @@ pub(crate) enum GatewayError {
     InvalidPath(PathError),
     /// The request head broke a size limit (414 for the target, 431 for headers).
     HeadTooLarge(HeadViolation),
-    /// The upstream's response head broke a size limit (502).
-    UpstreamHeadersTooLarge,
+}
+
+/// The one classification of a pingora error as the upstream's failure, by its type and
+/// source (never its text): `None` when it is not the upstream's (the client's, or the
+/// gateway's own).
+pub(crate) fn upstream_failure(e: &Error) -> Option<Failure> {
+    use ErrorType::*;
+    Some(match (e.etype(), e.esource()) {
+        (ConnectTimedout, _) => Failure::ConnectTimeout,
+        (
+            ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure
+            | TLSHandshakeFailure | TLSHandshakeTimedout | SocketError | BindError,
+            _,
+        ) => Failure::Connect,
+        (ReadTimedout | WriteTimedout, ErrorSource::Upstream) => Failure::Timeout,
+        (_, ErrorSource::Upstream) => Failure::Reset,
+        _ => return None,
+    })
 }
 
 impl GatewayError {
-    /// Classifies a pingora error by its type and source, never by its text.
+    /// Classifies a pingora error by its type and source, never by its text: the upstream's
+    /// failure ([`upstream_failure`]), else the client's or the gateway's own. `None` when
+    /// the client went away and there is nobody to answer.
     pub(crate) fn classify(e: &Error) -> Option<Self> {
         use ErrorType::*;
+        if let Some(failure) = upstream_failure(e) {
+            return Some(Self::Upstream(failure));
+        }
         Some(match (e.etype(), e.esource()) {
-            (ConnectTimedout, _) => Self::ConnectTimeout,
-            (
-                ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure
-                | TLSHandshakeFailure | TLSHandshakeTimedout | SocketError | BindError,
-                _,
-            ) => Self::ConnectFailed,
-            (ReadTimedout | WriteTimedout, ErrorSource::Upstream) => Self::UpstreamTimeout,
-            (_, ErrorSource::Upstream) => Self::UpstreamBroken,
-            // The client went away: there is nobody to answer.
             (
                 ReadError | WriteError | ConnectionClosed | ReadTimedout | WriteTimedout,
                 ErrorSource::Downstream,
@@ -67,14 +67,17 @@ impl GatewayError {
     pub(crate) fn status(self) -> u16 {
         match self {
             Self::NoRoute => 404,
-            Self::NoEndpoints | Self::CircuitOpen | Self::BulkheadFull => 503,
-            Self::ConnectFailed | Self::UpstreamBroken | Self::UpstreamStatus => 502,
-            Self::ConnectTimeout | Self::UpstreamTimeout => 504,
+            Self::Upstream(f) => match f {
+                Failure::NoEndpoints | Failure::CircuitOpen | Failure::BulkheadFull => 503,
+                Failure::Connect | Failure::Reset | Failure::Status(_) | Failure::BadResponse => {
+                    502
+                }
+                Failure::ConnectTimeout | Failure::Timeout => 504,
+            },
             Self::BadRequest | Self::InvalidPath(_) => 400,
             Self::Internal => 500,
             Self::HeadTooLarge(HeadViolation::UriTooLong) => 414,
             Self::HeadTooLarge(_) => 431,
-            Self::UpstreamHeadersTooLarge => 502,
         }
     }
 
@@ -82,14 +85,17 @@ impl GatewayError {
     pub(crate) fn code(self) -> &'static str {
         match self {
             Self::NoRoute => "no_route",
-            Self::NoEndpoints => "no_endpoints",
-            Self::ConnectFailed => "upstream_connect_failed",
-            Self::ConnectTimeout => "upstream_connect_timeout",
-            Self::UpstreamTimeout => "upstream_timeout",
-            Self::UpstreamBroken => "upstream_error",
-            Self::CircuitOpen => "circuit_open",
-            Self::BulkheadFull => "bulkhead_full",
-            Self::UpstreamStatus => "upstream_error_status",
+            Self::Upstream(f) => match f {
+                Failure::NoEndpoints => "no_endpoints",
+                Failure::Connect => "upstream_connect_failed",
+                Failure::ConnectTimeout => "upstream_connect_timeout",
+                Failure::Timeout => "upstream_timeout",
+                Failure::Reset => "upstream_error",
+                Failure::CircuitOpen => "circuit_open",
+                Failure::BulkheadFull => "bulkhead_full",
+                Failure::Status(_) => "upstream_error_status",
+                Failure::BadResponse => "upstream_headers_too_large",
+            },
             Self::BadRequest => "bad_request",
             Self::Internal => "internal_error",
             Self::InvalidPath(_) => "invalid_path",
@@ -99,7 +105,6 @@ impl GatewayError {
                 HeadViolation::HeadersTooLarge => "request_headers_too_large",
                 HeadViolation::TooManyHeaders => "too_many_headers",
             },
-            Self::UpstreamHeadersTooLarge => "upstream_headers_too_large",
         }
     }
 
@@ -107,14 +112,21 @@ impl GatewayError {
     pub(crate) fn reason(self) -> &'static str {
         match self {
             Self::NoRoute => "no route matches this request",
-            Self::NoEndpoints => "the route's cluster has no endpoints",
-            Self::ConnectFailed => "could not connect to an upstream endpoint",
-            Self::ConnectTimeout => "connecting to the upstream timed out",
-            Self::UpstreamTimeout => "the upstream did not respond in time",
-            Self::UpstreamBroken => "the upstream response was broken or cut short",
-            Self::CircuitOpen => "the route's cluster is failing and its circuit breaker is open",
-            Self::BulkheadFull => "the route's cluster is at its concurrency limit",
-            Self::UpstreamStatus => "the upstream answered with an error",
+            Self::Upstream(f) => match f {
+                Failure::NoEndpoints => "the route's cluster has no endpoints",
+                Failure::Connect => "could not connect to an upstream endpoint",
+                Failure::ConnectTimeout => "connecting to the upstream timed out",
+                Failure::Timeout => "the upstream did not respond in time",
+                Failure::Reset => "the upstream response was broken or cut short",
+                Failure::CircuitOpen => {
+                    "the route's cluster is failing and its circuit breaker is open"
+                }
+                Failure::BulkheadFull => "the route's cluster is at its concurrency limit",
+                Failure::Status(_) => "the upstream answered with an error",
+                Failure::BadResponse => {
+                    "the upstream response headers are larger than the gateway accepts"
+                }
+            },
             Self::BadRequest => "the request could not be proxied",
             Self::Internal => "internal gateway error",
             Self::InvalidPath(e) => e.reason(),
@@ -132,9 +144,6 @@ impl GatewayError {
                     "the request has more header lines than the gateway accepts"
                 }
             },
-            Self::UpstreamHeadersTooLarge => {
-                "the upstream response headers are larger than the gateway accepts"
-            }
         }
     }
 
@@ -183,19 +192,19 @@ mod tests {
         let down = || ErrorSource::Downstream;
         assert_eq!(
             GatewayError::classify(&err(ConnectRefused, up())),
-            Some(GatewayError::ConnectFailed)
+            Some(GatewayError::Upstream(Failure::Connect))
         );
         assert_eq!(
             GatewayError::classify(&err(ConnectTimedout, up())),
-            Some(GatewayError::ConnectTimeout)
+            Some(GatewayError::Upstream(Failure::ConnectTimeout))
         );
         assert_eq!(
             GatewayError::classify(&err(ReadTimedout, up())),
-            Some(GatewayError::UpstreamTimeout)
+            Some(GatewayError::Upstream(Failure::Timeout))
         );
         assert_eq!(
             GatewayError::classify(&err(ConnectionClosed, up())),
-            Some(GatewayError::UpstreamBroken)
+            Some(GatewayError::Upstream(Failure::Reset))
         );
         assert_eq!(GatewayError::classify(&err(ConnectionClosed, down())), None);
         assert_eq!(
@@ -210,13 +219,11 @@ mod tests {
 
     #[test]
     fn statuses_and_body() {
-        assert_eq!(GatewayError::ConnectFailed.status(), 502);
-        assert_eq!(GatewayError::UpstreamTimeout.status(), 504);
-        let body: serde_json::Value = serde_json::from_slice(&GatewayError::UpstreamTimeout.body(
-            Some("api"),
-            Some("c"),
-            Some("id-1"),
-        ))
+        assert_eq!(GatewayError::Upstream(Failure::Connect).status(), 502);
+        assert_eq!(GatewayError::Upstream(Failure::Timeout).status(), 504);
+        let body: serde_json::Value = serde_json::from_slice(
+            &GatewayError::Upstream(Failure::Timeout).body(Some("api"), Some("c"), Some("id-1")),
+        )
         .expect("json");
         assert_eq!(body["error"], "upstream_timeout");
         assert_eq!(body["route"], "api");

@@ -1,5 +1,4 @@
-//! Fallbacks: why an upstream call failed, whether a route's fallback answers that failure,
-//! and the responses it answers with (the last good response of a GET, or a static one).
+//! Fallbacks: the responses a route's fallback answers a failed upstream call with (the last good response of a GET, or a static one).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -8,86 +7,12 @@ use bytes::{Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, StatusCode};
 
-use crate::config::{FallbackOn, FallbackSpec, LastGoodSettings, StaticResponse};
-use crate::errors::GatewayError;
+use resilience::Failure;
+
+use crate::config::{FallbackSpec, LastGoodSettings, StaticResponse};
 
 /// The response header saying that a fallback answered, and why.
 pub(crate) const X_FALLBACK: HeaderName = HeaderName::from_static("x-fallback");
-
-/// Why an upstream call produced no usable response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Failure {
-    /// Connecting failed.
-    Connect,
-    /// Connecting, an attempt, or the deadline timed out.
-    Timeout,
-    /// The upstream broke the exchange.
-    Reset,
-    /// The upstream answered with a failure status.
-    Status(u16),
-    /// The breaker refused the call.
-    CircuitOpen,
-    /// The bulkhead refused the call.
-    BulkheadFull,
-    /// No usable endpoint.
-    NoEndpoints,
-}
-
-impl Failure {
-    /// The failure behind a gateway error, if it is an upstream failure.
-    pub(crate) fn of(error: GatewayError) -> Option<Self> {
-        Some(match error {
-            GatewayError::ConnectFailed => Self::Connect,
-            GatewayError::ConnectTimeout | GatewayError::UpstreamTimeout => Self::Timeout,
-            GatewayError::UpstreamBroken => Self::Reset,
-            GatewayError::CircuitOpen => Self::CircuitOpen,
-            GatewayError::BulkheadFull => Self::BulkheadFull,
-            GatewayError::NoEndpoints => Self::NoEndpoints,
-            _ => return None,
-        })
-    }
-
-    /// The error the client gets when nothing answers for it.
-    pub(crate) fn error(self) -> GatewayError {
-        match self {
-            Self::Connect => GatewayError::ConnectFailed,
-            Self::Timeout => GatewayError::UpstreamTimeout,
-            Self::Reset => GatewayError::UpstreamBroken,
-            Self::Status(_) => GatewayError::UpstreamStatus,
-            Self::CircuitOpen => GatewayError::CircuitOpen,
-            Self::BulkheadFull => GatewayError::BulkheadFull,
-            Self::NoEndpoints => GatewayError::NoEndpoints,
-        }
-    }
-
-    /// The reason named in `X-Fallback`.
-    pub(crate) fn reason(self) -> String {
-        match self {
-            Self::Connect => "connect_failure".into(),
-            Self::Timeout => "timeout".into(),
-            Self::Reset => "reset".into(),
-            Self::Status(s) => format!("status_{s}"),
-            Self::CircuitOpen => "circuit_open".into(),
-            Self::BulkheadFull => "bulkhead_full".into(),
-            Self::NoEndpoints => "no_endpoints".into(),
-        }
-    }
-}
-
-impl FallbackOn {
-    /// Whether this fallback answers `failure`.
-    pub(crate) fn covers(&self, failure: Failure) -> bool {
-        match failure {
-            Failure::Connect => self.connect_failure,
-            Failure::Timeout => self.timeout,
-            Failure::Reset => self.reset,
-            Failure::Status(s) => self.statuses.contains(s),
-            Failure::CircuitOpen => self.circuit_open,
-            Failure::BulkheadFull => self.bulkhead_full,
-            Failure::NoEndpoints => self.no_endpoints,
-        }
-    }
-}
 
 /// A response kept for `last_good` fallbacks.
 #[derive(Debug)]
@@ -302,7 +227,7 @@ pub(crate) fn local_answer(
     failure: Failure,
     now: Instant,
 ) -> Option<(&'static str, filters::Response)> {
-    if !spec.on.covers(failure) {
+    if !spec.on.contains(failure) {
         return None;
     }
     let (kind, resp) = match last_good.and_then(|(lg, key)| lg.answer(key, now)) {
@@ -319,7 +244,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::config::StatusSet;
+    use resilience::{Condition, FailureSet, StatusSet};
 
     fn settings() -> LastGoodSettings {
         LastGoodSettings {
@@ -410,15 +335,16 @@ mod tests {
     #[test]
     fn local_answers_prefer_the_last_good_response() {
         let spec = FallbackSpec {
-            on: FallbackOn {
-                connect_failure: true,
-                timeout: true,
-                reset: true,
-                statuses: StatusSet::range(500, 599),
-                circuit_open: true,
-                bulkhead_full: false,
-                no_endpoints: true,
-            },
+            on: FailureSet::new(
+                [
+                    Condition::ConnectFailure,
+                    Condition::Timeout,
+                    Condition::Reset,
+                    Condition::CircuitOpen,
+                    Condition::NoEndpoints,
+                ],
+                StatusSet::server_errors(),
+            ),
             cluster: None,
             last_good: Some(settings()),
             response: Some(StaticResponse {

@@ -39,24 +39,12 @@ fn encode_message(text: &str) -> String {
     out
 }
 
-/// The message of a JSON error body (`message`, else `error`), else the status's reason.
-fn message_of(status: StatusCode, body: &[u8]) -> String {
-    serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| {
-            v.get("message")
-                .or_else(|| v.get("error"))
-                .and_then(|m| m.as_str())
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned())
-}
-
-/// Turns a local reply into a trailers-only gRPC response, keeping its other headers
-/// (`www-authenticate`, rate-limit headers, the request id). The body is dropped.
-pub(crate) fn into_grpc(status: &mut StatusCode, headers: &mut HeaderMap, body: &[u8]) {
+/// Turns a local reply into a trailers-only gRPC response with `message` as its
+/// `grpc-message`, keeping its other headers (`www-authenticate`, rate-limit headers, the
+/// request id). The body is dropped by the caller; nothing here reads it.
+pub(crate) fn into_grpc(status: &mut StatusCode, headers: &mut HeaderMap, message: &str) {
     let code = status_for(*status);
-    let message = encode_message(&message_of(*status, body));
+    let message = encode_message(message);
     *status = StatusCode::OK;
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     headers.insert(CONTENT_LENGTH, HeaderValue::from(0));
@@ -81,16 +69,12 @@ mod tests {
     }
 
     #[test]
-    fn a_json_reply_becomes_a_trailers_only_grpc_answer() {
+    fn a_reply_becomes_a_trailers_only_grpc_answer() {
         let mut status = StatusCode::UNAUTHORIZED;
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert("www-authenticate", HeaderValue::from_static("Bearer"));
-        into_grpc(
-            &mut status,
-            &mut headers,
-            br#"{"error":"invalid_token","message":"token expired 100% \u00e9"}"#,
-        );
+        into_grpc(&mut status, &mut headers, "token expired 100% é");
         assert_eq!(status, StatusCode::OK);
         assert!(is_grpc(&headers));
         assert_eq!(headers["grpc-status"], "16");

@@ -48,8 +48,8 @@ pub(crate) struct Route {
 /// Everything a request needs, for one config version.
 #[derive(Debug)]
 pub(crate) struct Runtime {
-    /// Routes in match order.
-    pub routes: Vec<Route>,
+    /// Routes in match order (each request holds the one it matched).
+    pub routes: Vec<Arc<Route>>,
     /// Clusters in declaration order.
     pub clusters: Vec<Arc<Cluster>>,
     /// The `Via` entry this gateway adds (`1.1 NAME`).
@@ -164,7 +164,7 @@ impl Runtime {
                         .map_or_else(BreakerConfig::default, |b| *b.config());
                     Arc::new(crate::metrics::metrics().route(&r.name, cluster.name(), window))
                 });
-            routes.push(Route {
+            routes.push(Arc::new(Route {
                 metrics,
                 name: r.name.as_str().into(),
                 matcher: r.matcher.clone(),
@@ -176,7 +176,7 @@ impl Runtime {
                     .and_then(|f| f.cluster)
                     .and_then(|i| clusters.get(i).cloned()),
                 last_good,
-            });
+            }));
         }
         for f in &global {
             if f.filter.keep_across_reloads() && !f.fingerprint.is_empty() {
@@ -203,9 +203,9 @@ impl Runtime {
         }
     }
 
-    /// Index of the first route matching the request.
-    pub(crate) fn find_route(&self, req: &RequestView<'_>) -> Option<usize> {
-        self.routes.iter().position(|r| r.matcher.matches(req))
+    /// The first route matching the request.
+    pub(crate) fn find_route(&self, req: &RequestView<'_>) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| r.matcher.matches(req))
     }
 
     /// Starts discovery for every cluster: the first update of each watch is applied now when

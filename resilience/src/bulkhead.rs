@@ -163,6 +163,26 @@ impl Bulkhead {
         }
     }
 
+    /// Whether a call may wait `wait` for a slot: there is a queue and a wait to spend.
+    pub fn queues(&self, wait: std::time::Duration) -> bool {
+        self.config.max_queue > 0 && !wait.is_zero()
+    }
+
+    /// A slot for a caller willing to wait `wait`: [`try_acquire`](Self::try_acquire) when
+    /// it [`queues`](Self::queues) not, else [`acquire`](Self::acquire) giving up when
+    /// `timer(wait)` completes (the caller's runtime's sleep).
+    pub async fn acquire_within<T: Future<Output = ()>>(
+        &self,
+        wait: std::time::Duration,
+        timer: impl FnOnce(std::time::Duration) -> T,
+    ) -> Result<BulkheadPermit, Rejected> {
+        if self.queues(wait) {
+            self.acquire(timer(wait)).await
+        } else {
+            self.try_acquire()
+        }
+    }
+
     /// Slots taken right now.
     pub fn in_use(&self) -> usize {
         self.in_use.load(Ordering::Relaxed)

@@ -1,6 +1,9 @@
 //! Resilience policies with Hystrix's semantics: a circuit breaker, a bulkhead, a retry budget
 //! and the rolling metrics they share.
 //!
+//! One classification of failures ([`Failure`]) and the sets policies cover ([`FailureSet`])
+//! are shared by the retry rule ([`RetryPolicy`]), fallbacks and the breaker.
+//!
 //! The core is runtime-free: every method that depends on time takes the current
 //! [`std::time::Instant`], so tests drive time by hand. Behind the default `tower` feature,
 //! [`tower`](crate::tower) wraps the same policies as layers for any `tower::Service` (hyper
@@ -11,6 +14,8 @@
 mod breaker;
 mod budget;
 mod bulkhead;
+mod failure;
+mod retry;
 mod window;
 
 #[cfg(feature = "tower")]
@@ -22,4 +27,6 @@ pub use breaker::{
 };
 pub use budget::{BudgetConfig, BudgetSnapshot, RetryBudget};
 pub use bulkhead::{Bulkhead, BulkheadConfig, BulkheadPermit, BulkheadSnapshot, Rejected};
+pub use failure::{Condition, Failure, FailureSet, StatusSet};
+pub use retry::{RetryDecision, RetryPolicy};
 pub use window::{Counts, Event, Latency, RollingMetrics};

@@ -14,12 +14,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub(crate) use error::ConfigError;
-pub(crate) use policy::{
-    ClusterPolicy, FallbackOn, FallbackSpec, LastGoodSettings, RetryPolicy, RoutePolicy,
-    StaticResponse,
-};
 #[cfg(test)]
-pub(crate) use policy::{OutlierSettings, StatusSet};
+pub(crate) use policy::OutlierSettings;
+pub(crate) use policy::{
+    ClusterPolicy, FallbackSpec, LastGoodSettings, RoutePolicy, StaticResponse,
+};
 
 use discovery::Endpoint;
 use filters::{FilterRegistry, NamedFilter};

@@ -1,4 +1,5 @@
 use super::*;
+use resilience::Condition;
 
 fn parse(text: &str) -> Result<Config, ConfigError> {
     Config::parse(text, Path::new("gw.toml"))
@@ -223,10 +224,14 @@ body = "x"
     assert!(a
         .breaker
         .as_ref()
-        .is_some_and(|b| b.failure_statuses.contains(500)));
+        .is_some_and(|b| b.failures.statuses().contains(500)));
     assert_eq!(a.bulkhead.config.max_concurrent, 1024);
     assert_eq!(a.retry.retries, 1);
-    assert!(a.retry.on.connect_failure && !a.retry.on.timeout && a.retry.on.statuses.contains(503));
+    assert!(
+        a.retry.on.has(Condition::ConnectFailure)
+            && !a.retry.on.has(Condition::Timeout)
+            && a.retry.on.statuses().contains(503)
+    );
     assert_eq!(a.per_try_timeout, Duration::from_secs(30));
     assert!(a.outlier.is_some() && a.timeout.is_none());
 
@@ -234,13 +239,17 @@ body = "x"
     let bb = b.breaker.as_ref().expect("breaker");
     assert_eq!(bb.config.trip, resilience::Trip::ConsecutiveFailures(3));
     assert_eq!(bb.config.sleep_window, Duration::from_secs(2));
-    assert!(bb.failure_statuses.contains(504) && !bb.failure_statuses.contains(500));
+    assert!(bb.failures.statuses().contains(504) && !bb.failures.statuses().contains(500));
     assert_eq!(
         (b.bulkhead.config.max_queue, b.bulkhead.queue_timeout),
         (2, Duration::from_millis(100))
     );
     assert_eq!(b.retry.retries, 2);
-    assert!(b.retry.on.timeout && !b.retry.on.connect_failure && b.retry.on.statuses.contains(500));
+    assert!(
+        b.retry.on.has(Condition::Timeout)
+            && !b.retry.on.has(Condition::ConnectFailure)
+            && b.retry.on.statuses().contains(500)
+    );
     assert!((b.budget.ratio - 0.1).abs() < 1e-9);
     assert!(b.outlier.is_none());
     assert_eq!(
@@ -254,10 +263,10 @@ body = "x"
     let f = r.fallback.as_ref().expect("fallback");
     assert_eq!(f.cluster, Some(1));
     assert!(
-        f.on.circuit_open
-            && !f.on.timeout
-            && f.on.statuses.contains(502)
-            && !f.on.statuses.contains(503)
+        f.on.has(Condition::CircuitOpen)
+            && !f.on.has(Condition::Timeout)
+            && f.on.statuses().contains(502)
+            && !f.on.statuses().contains(503)
     );
     assert_eq!(f.response.as_ref().map(|s| s.status.as_u16()), Some(203));
 }

@@ -1,7 +1,20 @@
-//! Proxy-header policy: request ids, `X-Forwarded-*`, `Via`, and the consistent-hash key of a
-//! request.
+//! Proxy-header policy: request ids, `X-Forwarded-*`, `Via`, and the keys a request is known
+//! by (its consistent-hash input, its `last_good` cache key).
 
-use super::*;
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use http::header::{HeaderName, HeaderValue, VIA};
+use http::Version;
+use pingora::http::RequestHeader;
+use pingora::Result;
+
+use super::RequestCtx;
+use crate::config::HashKey;
+use crate::fallback::LastGood;
+use crate::router::request_host;
+use crate::runtime::Runtime;
+use crate::telemetry::{TRACEPARENT, TRACESTATE};
 
 pub(super) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub(super) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -81,6 +94,16 @@ pub(super) fn hash_input(key: &HashKey, req: &RequestHeader, client_ip: Option<I
             .map(|ip| ip.to_string().into_bytes())
             .unwrap_or_default(),
     }
+}
+
+/// The cache key of the request for `last_good` fallbacks (GET only).
+pub(super) fn last_good_key(req: &RequestHeader) -> Option<Box<str>> {
+    (req.method == http::Method::GET).then(|| {
+        LastGood::key(
+            request_host(&req.uri, &req.headers),
+            req.uri.path_and_query().map_or("/", |p| p.as_str()),
+        )
+    })
 }
 
 /// Sets the proxy headers of the upstream request: `X-Forwarded-For` (a trusted proxy's chain

@@ -1,32 +1,30 @@
-//! The `ProxyHttp` implementation: drives pingora's phases for every request (route, pick an
-//! endpoint, set proxy headers, map failures, write the access log).
+//! The `ProxyHttp` implementation: thin adapters over pingora's phases. Each phase reads what
+//! it needs from the session and hands the work to the router, the filter chain, the
+//! upstream [`Exchange`](exchange::Exchange), the reply writer ([`reply`]) and the observer
+//! ([`observe`]).
 
-use std::borrow::Cow;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use filters::{FilterChain, FilterContext, Flow};
-use http::header::{HeaderName, HeaderValue, VIA};
-use http::{Uri, Version};
+use filters::{FilterContext, Flow};
+use http::header::{HeaderValue, VIA};
+use http::Uri;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
+use resilience::Failure;
 
-use resilience::{BulkheadPermit, Event, Outcome, Permit};
-
-use crate::cluster::{Cluster, Picked};
-use crate::config::{HashKey, RetryPolicy};
-use crate::edge::{HeadLimits, Screen};
-use crate::errors::GatewayError;
-use crate::fallback::{self, Capture, Failure, LastGood};
-use crate::metrics::{RequestEvents, RouteInFlight};
+use crate::edge::HeadLimits;
+use crate::errors::{upstream_failure, GatewayError};
+use crate::fallback::{self, Capture};
+use crate::metrics::RouteInFlight;
 use crate::router::{request_host, RequestView};
 use crate::runtime::{GatewayState, InFlightGuard, Route, Runtime};
-use crate::telemetry::{started_ago, RequestTrace, TRACEPARENT, TRACESTATE};
+use crate::telemetry::{started_ago, RequestTrace};
 
 mod exchange;
 mod headers;
@@ -34,10 +32,12 @@ mod local;
 mod observe;
 mod reply;
 
-use exchange::*;
-use headers::*;
-use observe::*;
-use reply::*;
+use exchange::{Exchange, Facts, Next, Verdict};
+use headers::{
+    appended, hash_input, last_good_key, new_request_id, set_proxy_headers, usable_request_id,
+    via_entry, X_REQUEST_ID,
+};
+use reply::{chain_of, decide_keepalive, Connection, Reply};
 
 /// Attempts pingora may make per request: 10 retries (the config maximum), a fallback cluster,
 /// and a retry of a stale pooled connection. Each retry is decided by [`GatewayProxy`].
@@ -60,8 +60,10 @@ impl GatewayProxy {
 #[derive(Debug)]
 pub(crate) struct RequestCtx {
     runtime: Arc<Runtime>,
-    route: Option<usize>,
-    picked: Option<Picked>,
+    /// The matched route (its own `Arc`: the request keeps it across a reload).
+    route: Option<Arc<Route>>,
+    /// The upstream exchange, from the first admission on.
+    exchange: Option<Exchange>,
     request_id: Option<HeaderValue>,
     /// The client: the socket peer, the PROXY protocol source, or what a trusted proxy
     /// reported.
@@ -73,15 +75,19 @@ pub(crate) struct RequestCtx {
     limits: HeadLimits,
     tls: bool,
     started: Instant,
+    /// What the gateway answered with, when it answered itself.
     error: Option<GatewayError>,
     /// What the route's filters share for this request.
     filters: FilterContext,
     /// A response a body filter answered with; sent by `fail_to_proxy`.
     filter_reply: Option<filters::Response>,
-    /// The upstream exchange: attempts, breaker permit, bulkhead slot, retries, fallback.
-    call: Call,
     /// The filter that answered the request itself.
     answered_by: Option<Box<str>>,
+    /// The response being recorded for `last_good` fallbacks.
+    capture: Option<Capture>,
+    /// pingora's proxy loop was entered: a failure from here on closes the client
+    /// connection (pingora does not reuse it), so the answer must say `Connection: close`.
+    in_proxy_loop: bool,
     /// The W3C trace context and, when tracing is on, the request's spans.
     trace: RequestTrace,
     /// Holds the request in its route's in-flight gauge.
@@ -90,8 +96,23 @@ pub(crate) struct RequestCtx {
 }
 
 impl RequestCtx {
-    fn route(&self) -> Option<&Route> {
-        self.route.and_then(|i| self.runtime.routes.get(i))
+    /// What pingora's session says about resending the request.
+    fn facts(session: &Session) -> Facts {
+        Facts {
+            idempotent: session.req_header().method.is_idempotent(),
+            response_started: session.response_written().is_some(),
+            body_replayable: !session.as_ref().retry_buffer_truncated(),
+        }
+    }
+
+    /// How the client connection ends after a gateway-made answer now: pingora reuses it only
+    /// for answers given before its proxy loop.
+    fn connection(&self) -> Connection {
+        if self.in_proxy_loop {
+            Connection::Close
+        } else {
+            Connection::KeepAlive
+        }
     }
 }
 
@@ -103,7 +124,7 @@ impl ProxyHttp for GatewayProxy {
         RequestCtx {
             runtime: self.state.runtime(),
             route: None,
-            picked: None,
+            exchange: None,
             request_id: None,
             client_ip: None,
             peer: None,
@@ -114,8 +135,9 @@ impl ProxyHttp for GatewayProxy {
             error: None,
             filters: FilterContext::default(),
             filter_reply: None,
-            call: Call::default(),
             answered_by: None,
+            capture: None,
+            in_proxy_loop: false,
             trace: RequestTrace::default(),
             _route_flight: None,
             _in_flight: self.state.track(),
@@ -125,8 +147,8 @@ impl ProxyHttp for GatewayProxy {
     /// Routes the request, fixes its request id and runs the route's request filters (the
     /// global ones when no route matches, then 404).
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        if let Some(answered) = self.screen(session, ctx).await? {
-            return Ok(answered);
+        if self.screen(session, ctx).await? {
+            return Ok(true);
         }
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let req = session.req_header();
@@ -142,8 +164,8 @@ impl ProxyHttp for GatewayProxy {
             path: req.uri.path(),
             headers: &req.headers,
         };
-        ctx.route = ctx.runtime.find_route(&view);
-        ctx._route_flight = ctx.route().map(|r| r.metrics.start());
+        ctx.route = ctx.runtime.find_route(&view).cloned();
+        ctx._route_flight = ctx.route.as_ref().map(|r| r.metrics.start());
         ctx.trace = RequestTrace::start(
             &req.headers,
             req.method.as_str(),
@@ -151,7 +173,7 @@ impl ProxyHttp for GatewayProxy {
             session.client_addr().and_then(|a| a.as_inet()).copied(),
             started_ago(ctx.started.elapsed()),
         );
-        if let Some(r) = ctx.route.and_then(|i| ctx.runtime.routes.get(i)) {
+        if let Some(r) = &ctx.route {
             ctx.trace
                 .set_route(req.method.as_str(), &r.name, r.cluster.name());
         }
@@ -161,26 +183,33 @@ impl ProxyHttp for GatewayProxy {
                 .insert_header(X_REQUEST_ID, id.clone())?;
         }
         ctx.filters = FilterContext::new(
-            ctx.route().map(|r| r.name.clone()),
+            ctx.route.as_ref().map(|r| r.name.clone()),
             ctx.client_ip,
             Some(id.clone()),
             ctx.tls,
         );
         ctx.request_id = Some(id);
-        let chain = chain_of(&ctx.runtime, ctx.route);
+        let runtime = ctx.runtime.clone();
+        let chain = chain_of(&runtime, ctx.route.as_deref());
         if !chain.is_empty() {
             if let Flow::Respond(resp) =
                 crate::filtering::run_request(chain, session, &mut ctx.filters).await
             {
                 ctx.answered_by = chain.responder(&ctx.filters).map(Into::into);
-                filter_span(ctx, resp.status().as_u16());
-                send_reply(session, ctx, resp, Connection::KeepAlive).await?;
+                observe::filter_span(ctx, resp.status().as_u16());
+                reply::write(session, ctx, Reply::answer(resp, Connection::KeepAlive)).await?;
                 return Ok(true);
             }
         }
         if ctx.route.is_none() {
-            ctx.error = Some(GatewayError::NoRoute);
-            respond(session, ctx, GatewayError::NoRoute, Connection::KeepAlive).await?;
+            let error = GatewayError::NoRoute;
+            ctx.error = Some(error);
+            reply::write(
+                session,
+                ctx,
+                Reply::error(error, ctx, Connection::KeepAlive),
+            )
+            .await?;
             return Ok(true);
         }
         Ok(false)
@@ -195,7 +224,8 @@ impl ProxyHttp for GatewayProxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let chain = chain_of(&ctx.runtime, ctx.route);
+        let runtime = ctx.runtime.clone();
+        let chain = chain_of(&runtime, ctx.route.as_deref());
         if !chain.inspects_body() {
             return Ok(());
         }
@@ -204,7 +234,7 @@ impl ProxyHttp for GatewayProxy {
         {
             ctx.answered_by = chain.responder(&ctx.filters).map(Into::into);
             let status = resp.status().as_u16();
-            filter_span(ctx, status);
+            observe::filter_span(ctx, status);
             ctx.filter_reply = Some(resp);
             return Err(Error::explain(
                 ErrorType::HTTPStatus(status),
@@ -223,30 +253,29 @@ impl ProxyHttp for GatewayProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<bool> {
-        let runtime = ctx.runtime.clone();
-        let Some(route) = ctx.route.and_then(|i| runtime.routes.get(i)) else {
+        let Some(route) = ctx.route.clone() else {
             return Ok(true);
         };
         let now = Instant::now();
-        let call = &mut ctx.call;
-        call.target = Some(route.cluster.clone());
-        route.cluster.budget().deposit(now);
-        call.deadline = route
-            .policy
-            .timeout
-            .or(route.cluster.spec().policy.timeout)
-            .map(|t| now + t);
-        match admit_attempt(route, session, ctx, now).await {
-            Ok(picked) => {
-                ctx.call.admitted = Some(picked);
-                Ok(true)
-            }
+        let req = session.req_header();
+        let client_ip = ctx.client_ip;
+        let mut exchange = Exchange::new(route, now);
+        let admitted = exchange
+            .admit(|key| hash_input(key, req, client_ip), now)
+            .await;
+        ctx.exchange = Some(exchange);
+        match admitted {
+            Ok(()) => Ok(true),
             Err(failure) => {
-                let error = failure.error();
-                ctx.call.failure = Some(failure);
-                ctx.error = Some(error);
-                if self.try_fallback(session, ctx, error, true).await.is_none() {
-                    respond(session, ctx, error, Connection::KeepAlive).await?;
+                ctx.error = Some(GatewayError::Upstream(failure));
+                if self.answer_locally(session, ctx).await.is_none() {
+                    let error = GatewayError::Upstream(failure);
+                    reply::write(
+                        session,
+                        ctx,
+                        Reply::error(error, ctx, Connection::KeepAlive),
+                    )
+                    .await?;
                 }
                 Ok(false)
             }
@@ -262,56 +291,41 @@ impl ProxyHttp for GatewayProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let runtime = ctx.runtime.clone();
-        let route = ctx
-            .route
-            .and_then(|i| runtime.routes.get(i))
-            .ok_or_else(|| {
-                Error::explain(ErrorType::InternalError, "upstream_peer without a route")
-            })?;
+        ctx.in_proxy_loop = true;
         let now = Instant::now();
-        ctx.call.in_proxy_loop = true;
-        ctx.call.attempts += 1;
-        ctx.call.answered = false;
-        ctx.call.status_retry = None;
-        let picked = match ctx.call.admitted.take() {
-            Some(picked) => picked,
-            None => {
-                ctx.call.permit = None;
-                admit_attempt(route, session, ctx, now)
-                    .await
-                    .map_err(|failure| {
-                        ctx.call.failure = Some(failure);
-                        ctx.error = Some(failure.error());
-                        Error::explain(
-                            ErrorType::HTTPStatus(failure.error().status()),
-                            "the upstream call was refused",
-                        )
-                    })?
+        let client_ip = ctx.client_ip;
+        let req = session.req_header();
+        let exchange = ctx.exchange.as_mut().ok_or_else(|| {
+            Error::explain(
+                ErrorType::InternalError,
+                "upstream_peer without an exchange",
+            )
+        })?;
+        if !exchange.has_admitted() {
+            if let Err(failure) = exchange
+                .admit(|key| hash_input(key, req, client_ip), now)
+                .await
+            {
+                ctx.error = Some(GatewayError::Upstream(failure));
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(GatewayError::Upstream(failure).status()),
+                    "the upstream call was refused",
+                ));
             }
-        };
-        let call = &mut ctx.call;
-        let cluster = call.target.clone().unwrap_or_else(|| route.cluster.clone());
-        let per_try = route
-            .policy
-            .per_try_timeout
-            .unwrap_or(cluster.spec().policy.per_try_timeout);
-        let read = match call.deadline {
-            Some(d) => per_try.min(d.saturating_duration_since(now)),
-            None => per_try,
-        };
+        }
+        let (picked, read_timeout) = exchange.begin_attempt(now).ok_or_else(|| {
+            Error::explain(ErrorType::InternalError, "no admitted upstream attempt")
+        })?;
         let mut peer = picked.peer();
-        peer.options.read_timeout = Some(read.max(Duration::from_millis(1)));
-        call.tried.push(picked.endpoint().address);
-        call.attempt_started = Some(now);
-        let fallback_reason = call.on_fallback_cluster.map(|f| f.reason());
+        let address = picked.endpoint().address;
+        peer.options.read_timeout = Some(read_timeout);
+        let reason = exchange.moved().map(|f| f.reason());
         ctx.trace.attempt_started(
-            cluster.name(),
-            picked.endpoint().address,
-            ctx.call.attempts,
-            fallback_reason.as_deref(),
+            exchange.target().name(),
+            address,
+            exchange.attempts(),
+            reason.as_deref(),
         );
-        ctx.picked = Some(picked);
         Ok(peer)
     }
 
@@ -324,10 +338,10 @@ impl ProxyHttp for GatewayProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let now = Instant::now();
-        let (outcome, failure) = classify(e.etype(), Stage::Connecting);
-        attempt_failed(ctx, outcome, failure, now);
-        let retry = retry_decision(session, ctx, failure, false, now);
+        let failure = upstream_failure(&e)
+            .filter(|f| !f.sent())
+            .unwrap_or(Failure::Connect);
+        let retry = attempt_failed(session, ctx, failure);
         e.set_retry(retry);
         e
     }
@@ -344,18 +358,22 @@ impl ProxyHttp for GatewayProxy {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
-        if let Some(retry) = ctx.call.status_retry.take() {
-            e.set_retry(retry);
+        let Some(exchange) = ctx.exchange.as_mut() else {
+            e.set_retry(false);
+            return e;
+        };
+        if let Some(next) = exchange.take_decided() {
+            // The error `upstream_response_filter` raised to drop a response head.
+            e.set_retry(next.attempts_again());
             return e;
         }
-        let now = Instant::now();
-        if ctx.call.answered || e.esource() != &ErrorSource::Upstream {
-            // The response was already under way, or the client failed: never retried.
-            if ctx.call.answered && e.esource() == &ErrorSource::Upstream {
-                if let (Some(c), Some(p)) = (&ctx.call.target, &ctx.picked) {
-                    c.endpoint_failed(p, now);
-                }
-            }
+        if e.esource() != &ErrorSource::Upstream {
+            // The client failed: never retried.
+            e.set_retry(false);
+            return e;
+        }
+        if exchange.answered() {
+            exchange.on_broken_relay(Instant::now());
             e.set_retry(false);
             return e;
         }
@@ -370,15 +388,14 @@ impl ProxyHttp for GatewayProxy {
             )
             && session.req_header().method.is_idempotent()
             && !session.as_ref().retry_buffer_truncated()
-            && ctx.call.attempts < MAX_ATTEMPTS as u32 - 1
+            && exchange.attempts() < MAX_ATTEMPTS as u32 - 1
         {
-            ctx.call.permit = None;
+            exchange.on_stale_connection();
             e.set_retry(true);
             return e;
         }
-        let (outcome, failure) = classify(e.etype(), Stage::Exchanging);
-        attempt_failed(ctx, outcome, failure, now);
-        let retry = retry_decision(session, ctx, failure, true, now);
+        let failure = upstream_failure(&e).unwrap_or(Failure::Reset);
+        let retry = attempt_failed(session, ctx, failure);
         e.set_retry(retry);
         e
     }
@@ -391,7 +408,7 @@ impl ProxyHttp for GatewayProxy {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(rw) = ctx.route().and_then(|r| r.rewrite.as_ref()) {
+        if let Some(rw) = ctx.route.as_ref().and_then(|r| r.rewrite.as_ref()) {
             if let Some(path) = rw.apply(upstream.uri.path(), upstream.uri.query()) {
                 let uri: Uri = path.parse().map_err(|e| {
                     Error::because(ErrorType::InternalError, "rewritten path is not a URI", e)
@@ -402,17 +419,17 @@ impl ProxyHttp for GatewayProxy {
         set_proxy_headers(session.req_header(), upstream, ctx)
     }
 
-    /// Records the attempt's outcome (breaker, endpoint). A failure status is retried on
-    /// another endpoint when the policy allows, or handed to the route's fallback when it can
-    /// answer; otherwise the upstream's response is relayed. Good GET responses are recorded
-    /// for `last_good` fallbacks.
+    /// Hands the response head to the exchange, which records the attempt and decides: a
+    /// failure status is attempted again or answered by the local fallback (the head is
+    /// dropped with an error that `error_while_proxy` / `fail_to_proxy` act on), otherwise
+    /// the head is relayed. Good GET responses are recorded for `last_good` fallbacks.
     async fn upstream_response_filter(
         &self,
         session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let Some(cluster) = ctx.call.target.clone() else {
+        let Some(exchange) = ctx.exchange.as_mut() else {
             return Ok(());
         };
         let now = Instant::now();
@@ -420,57 +437,48 @@ impl ProxyHttp for GatewayProxy {
             // Counted as the upstream's failure; never relayed, never retried.
             tracing::debug!(
                 reason = why,
-                cluster = cluster.name(),
+                cluster = exchange.target().name(),
                 "upstream response head refused"
             );
             crate::metrics::metrics().edge_refusal("upstream_headers_too_large");
-            attempt_failed(ctx, Outcome::Failure, Failure::Status(502), now);
-            ctx.call.status_retry = Some(false);
-            ctx.error = Some(GatewayError::UpstreamHeadersTooLarge);
+            exchange.on_refused_head(now);
+            ctx.trace.end_attempt(Some(&Failure::BadResponse.reason()));
+            ctx.error = Some(GatewayError::Upstream(Failure::BadResponse));
             return Err(Error::explain(ErrorType::HTTPStatus(502), why));
         }
         let status = resp.status.as_u16();
         ctx.trace
-            .attempt_answered(status, is_failure_status(&cluster, status));
-        let runtime = ctx.runtime.clone();
-        let Some(route) = ctx.route.and_then(|i| runtime.routes.get(i)) else {
-            return Ok(());
-        };
+            .attempt_answered(status, exchange.is_failure_status(status));
+        let route = exchange.route().clone();
+        let key = last_good_key(session.req_header());
         let local_answer = || {
-            let spec = route.policy.fallback.as_ref();
-            let cached = match (&route.last_good, last_good_key(session)) {
-                (Some(lg), Some(k)) => lg.answer(&k, now).is_some(),
+            let cached = match (&route.last_good, &key) {
+                (Some(lg), Some(k)) => lg.answer(k, now).is_some(),
                 _ => false,
             };
-            cached || spec.is_some_and(|s| s.response.is_some())
+            cached
+                || route
+                    .policy
+                    .fallback
+                    .as_ref()
+                    .is_some_and(|s| s.response.is_some())
         };
-        let facts = Facts::of(session, true);
-        let verdict = on_response(
-            route,
-            &mut ctx.call,
-            ctx.picked.as_ref(),
-            status,
-            facts,
-            local_answer,
-            now,
-        );
+        let verdict = exchange.on_response(status, RequestCtx::facts(session), local_answer, now);
         let explain = |what| Error::explain(ErrorType::HTTPStatus(status), what);
         match verdict {
             Verdict::AttemptAgain => {
-                let reason = Failure::Status(status).reason();
-                ctx.trace.end_attempt(Some(&reason));
-                ctx.call.status_retry = Some(true);
+                ctx.trace
+                    .end_attempt(Some(&Failure::Status(status).reason()));
                 Err(explain("the upstream answered with a retryable status"))
             }
             Verdict::LocalFallback => {
-                ctx.call.status_retry = Some(false);
-                ctx.error = Some(GatewayError::UpstreamStatus);
+                ctx.error = Some(GatewayError::Upstream(Failure::Status(status)));
                 Err(explain("the upstream answered with a failure status"))
             }
             Verdict::Relay => {
-                if ctx.call.failure.is_none() {
-                    if let (Some(lg), Some(key)) = (&route.last_good, last_good_key(session)) {
-                        ctx.call.capture = lg.capture(key, resp.status, &resp.headers);
+                if exchange.failure().is_none() {
+                    if let (Some(lg), Some(key)) = (&route.last_good, key) {
+                        ctx.capture = lg.capture(key, resp.status, &resp.headers);
                     }
                 }
                 Ok(())
@@ -486,14 +494,14 @@ impl ProxyHttp for GatewayProxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
-        let Some(capture) = &mut ctx.call.capture else {
+        let Some(capture) = &mut ctx.capture else {
             return Ok(None);
         };
         if !body.as_ref().is_none_or(|b| capture.push(b)) {
-            ctx.call.capture = None;
+            ctx.capture = None;
         } else if end_of_stream {
-            let capture = ctx.call.capture.take();
-            let lg = ctx.route().and_then(|r| r.last_good.as_ref());
+            let capture = ctx.capture.take();
+            let lg = ctx.route.as_ref().and_then(|r| r.last_good.as_ref());
             if let (Some(lg), Some(c)) = (lg, capture) {
                 lg.store(c, Instant::now());
             }
@@ -501,7 +509,8 @@ impl ProxyHttp for GatewayProxy {
         Ok(None)
     }
 
-    /// Adds the request id and Via to the client's response, then runs the response filters.
+    /// Adds the request id, Via and (on the fallback cluster) `X-Fallback` to the client's
+    /// response, then runs the response filters.
     async fn response_filter(
         &self,
         session: &mut Session,
@@ -519,31 +528,38 @@ impl ProxyHttp for GatewayProxy {
         if let Some(v) = via {
             resp.insert_header(VIA, v)?;
         }
-        if let (Some(failure), Some(cluster)) = (ctx.call.on_fallback_cluster, &ctx.call.target) {
-            let v = format!("cluster={}; reason={}", cluster.name(), failure.reason());
+        if let Some((failure, cluster)) = ctx
+            .exchange
+            .as_ref()
+            .and_then(|x| Some((x.moved()?, x.target())))
+        {
+            let v = format!("cluster={}; reason={failure}", cluster.name());
             if let Ok(v) = HeaderValue::from_str(&v) {
                 resp.insert_header(fallback::X_FALLBACK, v)?;
             }
         }
-        let chain = chain_of(&ctx.runtime, ctx.route);
+        let runtime = ctx.runtime.clone();
+        let chain = chain_of(&runtime, ctx.route.as_deref());
         if !chain.is_empty() {
             crate::filtering::run_response(chain, resp, &mut ctx.filters).await;
         }
         Ok(())
     }
 
-    /// Maps the failure to a status and JSON body, in one place ([`GatewayError`]).
+    /// Answers a request that could not be proxied: a body filter's refusal, the route's
+    /// local fallback, or the error ([`GatewayError`], mapped in one place).
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        if let Some(reply) = ctx.filter_reply.take() {
+        if let Some(resp) = ctx.filter_reply.take() {
             // The request body was not read to its end, so the connection cannot be reused.
-            let status = reply.status().as_u16();
+            let status = resp.status().as_u16();
             if session.response_written().is_none() {
-                if let Err(write_err) = send_reply(session, ctx, reply, Connection::Close).await {
+                let answer = Reply::answer(resp, Connection::Close);
+                if let Err(write_err) = reply::write(session, ctx, answer).await {
                     tracing::debug!(error = %write_err, "could not send the filter's response");
                 }
             }
@@ -560,22 +576,23 @@ impl ProxyHttp for GatewayProxy {
                 can_reuse_downstream: false,
             };
         };
-        // pingora reuses the connection only for failures before its proxy loop; otherwise it
-        // closes, and the response must say so or the client reuses a dead socket.
-        let reusable = !ctx.call.in_proxy_loop;
-        if let Some(status) = self.try_fallback(session, ctx, error, reusable).await {
+        if let Some(exchange) = ctx.exchange.as_mut() {
+            match error {
+                GatewayError::Upstream(f) => exchange.ended_on(Some(f)),
+                GatewayError::Internal => exchange.ended_on(None),
+                _ => {}
+            }
+        }
+        let reusable = !ctx.in_proxy_loop;
+        if let Some(status) = self.answer_locally(session, ctx).await {
             return FailToProxy {
                 error_code: status,
                 can_reuse_downstream: reusable,
             };
         }
         if session.response_written().is_none() {
-            let connection = if reusable {
-                Connection::KeepAlive
-            } else {
-                Connection::Close
-            };
-            if let Err(write_err) = respond(session, ctx, error, connection).await {
+            let answer = Reply::error(error, ctx, ctx.connection());
+            if let Err(write_err) = reply::write(session, ctx, answer).await {
                 tracing::debug!(error = %write_err, "could not send the error response");
             }
         }
@@ -588,6 +605,19 @@ impl ProxyHttp for GatewayProxy {
     /// Records the request's outcome (metrics, the Hystrix window) and writes its access log
     /// line.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        record(session, ctx);
+        observe::record(session, ctx);
     }
+}
+
+/// Hands a failed attempt to the exchange and returns whether pingora attempts again.
+fn attempt_failed(session: &Session, ctx: &mut RequestCtx, failure: Failure) -> bool {
+    let Some(exchange) = ctx.exchange.as_mut() else {
+        return false;
+    };
+    ctx.trace.end_attempt(Some(&failure.reason()));
+    let next = exchange.on_error(failure, RequestCtx::facts(session), Instant::now());
+    if next == Next::Fail || next == Next::LocalFallback {
+        ctx.error = Some(GatewayError::Upstream(failure));
+    }
+    next.attempts_again()
 }

@@ -1,7 +1,16 @@
-//! What a request is recorded as: the filter-answer span and the Hystrix events of its
-//! execution and fallback.
+//! What a request is recorded as: the filter-answer span, the route's metrics and rolling
+//! window (from the events the exchange recorded as they happened), and the access-log line.
 
-use super::*;
+use std::borrow::Cow;
+
+use pingora::proxy::Session;
+use resilience::Event;
+
+use super::RequestCtx;
+use crate::errors::GatewayError;
+use crate::metrics::RequestEvents;
+use crate::router::request_host;
+use crate::telemetry::started_ago;
 
 /// The span of a filter that answered the request itself.
 pub(super) fn filter_span(ctx: &RequestCtx, status: u16) {
@@ -18,46 +27,12 @@ pub(super) fn filter_span(ctx: &RequestCtx, status: u16) {
     );
 }
 
-/// The request's events for the route's rolling window, as Hystrix counts them: the
-/// execution (success, failure, timeout, short-circuited, rejected) and the fallback.
-/// Requests a filter answered, and clients that went away, executed nothing.
-pub(super) fn request_events(ctx: &RequestCtx) -> RequestEvents {
-    if ctx.answered_by.is_some() || ctx.route.is_none() {
-        return RequestEvents::default();
-    }
-    let call = &ctx.call;
-    let event_of = |f: Failure| match f {
-        Failure::CircuitOpen => Event::ShortCircuited,
-        Failure::BulkheadFull => Event::Rejected,
-        Failure::Timeout => Event::Timeout,
-        Failure::Connect | Failure::Reset | Failure::Status(_) | Failure::NoEndpoints => {
-            Event::Failure
-        }
-    };
-    let first = call.on_fallback_cluster.or(call.failure);
-    let execution = match (first, ctx.error) {
-        (Some(f), _) => Some(event_of(f)),
-        (None, _) if call.answered => Some(Event::Success),
-        (None, Some(e)) => Failure::of(e)
-            .map(event_of)
-            .or((e == GatewayError::Internal).then_some(Event::Failure)),
-        (None, None) => None,
-    };
-    let fallback = match call.local_fallback {
-        Some((_, true)) => Some(Event::FallbackSuccess),
-        Some((_, false)) => Some(Event::FallbackFailure),
-        None if call.on_fallback_cluster.is_some() => {
-            Some(if call.answered && call.failure.is_none() {
-                Event::FallbackSuccess
-            } else {
-                Event::FallbackFailure
-            })
-        }
-        None => None,
-    };
-    RequestEvents {
-        execution,
-        fallback,
+/// The request's events for the route's rolling window, as the exchange recorded them.
+/// Requests a filter answered executed nothing.
+fn request_events(ctx: &RequestCtx) -> RequestEvents {
+    match &ctx.exchange {
+        Some(x) if ctx.answered_by.is_none() => x.events(),
+        _ => RequestEvents::default(),
     }
 }
 
@@ -69,15 +44,16 @@ pub(super) fn record(session: &Session, ctx: &mut RequestCtx) {
         |r| r.status.as_u16(),
     );
     let elapsed = ctx.started.elapsed();
-    let runtime = ctx.runtime.clone();
-    let route = ctx.route.and_then(|i| runtime.routes.get(i));
+    let route = ctx.route.as_deref();
+    let exchange = ctx.exchange.as_ref();
     let events = request_events(ctx);
     if let Some(r) = route {
         r.metrics.finish(status, elapsed, events);
-        let fallback = ctx.call.local_fallback.or_else(|| {
-            ctx.call
-                .on_fallback_cluster
-                .map(|_| ("cluster", events.fallback == Some(Event::FallbackSuccess)))
+        let fallback = exchange.and_then(|x| {
+            x.local_fallback().or_else(|| {
+                x.moved()
+                    .map(|_| ("cluster", events.fallback == Some(Event::FallbackSuccess)))
+            })
         });
         if let Some((kind, ok)) = fallback {
             crate::metrics::metrics().fallback(&r.name, kind, ok);
@@ -88,7 +64,8 @@ pub(super) fn record(session: &Session, ctx: &mut RequestCtx) {
     if let Some(filter) = &ctx.answered_by {
         crate::metrics::metrics().filter_rejection(route.map_or("-", |r| &r.name), filter, status);
     }
-    let reason: Cow<'_, str> = match (&ctx.answered_by, ctx.call.local_fallback, ctx.error) {
+    let local_fallback = exchange.and_then(|x| x.local_fallback());
+    let reason: Cow<'_, str> = match (&ctx.answered_by, local_fallback, ctx.error) {
         (Some(filter), _, _) => Cow::Owned(format!("filter:{filter}")),
         (None, Some((kind, true)), _) => Cow::Owned(format!("fallback:{kind}")),
         (None, _, Some(e)) => Cow::Borrowed(e.code()),
@@ -112,19 +89,22 @@ pub(super) fn record(session: &Session, ctx: &mut RequestCtx) {
         path: req.uri.path(),
         host: request_host(&req.uri, &req.headers),
         route: route.map_or("-", |r| &*r.name),
-        cluster: ctx
-            .call
-            .target
-            .as_ref()
-            .map_or_else(|| route.map_or("-", |r| r.cluster.name()), |c| c.name()),
-        endpoint: ctx.picked.as_ref().map(|p| p.endpoint().address),
+        cluster: exchange.map_or_else(
+            || route.map_or("-", |r| r.cluster.name()),
+            |x| x.target().name(),
+        ),
+        endpoint: exchange
+            .and_then(|x| x.endpoint())
+            .map(|p| p.endpoint().address),
         status,
         grpc_status,
         bytes_sent: session.as_ref().body_bytes_sent() as u64,
         bytes_received: session.as_ref().body_bytes_read() as u64,
         duration_ms: elapsed.as_secs_f64() * 1000.0,
-        upstream_ms: ctx.call.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
-        attempts: ctx.call.attempts,
+        upstream_ms: exchange
+            .and_then(|x| x.upstream_time())
+            .map(|d| d.as_secs_f64() * 1000.0),
+        attempts: exchange.map_or(0, |x| x.attempts()),
         request_id: ctx
             .request_id
             .as_ref()

@@ -1,21 +1,47 @@
-//! Which results count as failures.
+//! Which results count as failures, and which failure each one is.
 
 use super::{BoxError, Elapsed};
-use crate::Outcome;
+use crate::{Failure, Outcome, Rejected, ShortCircuited};
+
+/// What a [`Classify`] makes of one call's result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Classified {
+    /// The call worked.
+    Success,
+    /// Not the dependency's fault (a 4xx, say): counted neither way.
+    Ignored,
+    /// The call failed, classified.
+    Failed(Failure),
+}
+
+impl Classified {
+    /// What the breaker records.
+    pub fn outcome(self) -> Outcome {
+        match self {
+            Self::Success => Outcome::Success,
+            Self::Ignored => Outcome::Ignored,
+            Self::Failed(f) => f.outcome(),
+        }
+    }
+}
 
 /// Judges a call's result for the breaker and the retry policy.
 pub trait Classify<Res>: Clone + Send + Sync + 'static {
-    /// The outcome of `result`.
-    fn classify(&self, result: Result<&Res, &BoxError>) -> Outcome;
+    /// What `result` was.
+    fn classify(&self, result: Result<&Res, &BoxError>) -> Classified;
 }
 
-/// Errors: timeouts are [`Outcome::Timeout`], everything else a failure. Refusals by a breaker
-/// or bulkhead further in are failures too (the dependency is unavailable).
-fn classify_error(e: &BoxError) -> Outcome {
+/// The failure an error stands for: a timeout, a refusal further in (a breaker or a
+/// bulkhead), else the dependency broke the call.
+pub fn failure_of(e: &BoxError) -> Failure {
     if e.is::<Elapsed>() {
-        Outcome::Timeout
+        Failure::Timeout
+    } else if e.is::<ShortCircuited>() {
+        Failure::CircuitOpen
+    } else if e.is::<Rejected>() {
+        Failure::BulkheadFull
     } else {
-        Outcome::Failure
+        Failure::Reset
     }
 }
 
@@ -24,8 +50,11 @@ fn classify_error(e: &BoxError) -> Outcome {
 pub struct ErrorsAreFailures;
 
 impl<Res> Classify<Res> for ErrorsAreFailures {
-    fn classify(&self, result: Result<&Res, &BoxError>) -> Outcome {
-        result.map_or_else(classify_error, |_| Outcome::Success)
+    fn classify(&self, result: Result<&Res, &BoxError>) -> Classified {
+        result.map_or_else(
+            |e| Classified::Failed(failure_of(e)),
+            |_| Classified::Success,
+        )
     }
 }
 
@@ -33,7 +62,7 @@ impl<Res> Classify<Res> for ErrorsAreFailures {
 /// caller's fault and do not count against the dependency.
 #[derive(Debug, Clone, Default)]
 pub struct HttpStatus {
-    failures: Option<Vec<u16>>,
+    failures: Option<crate::StatusSet>,
 }
 
 impl HttpStatus {
@@ -44,8 +73,10 @@ impl HttpStatus {
 
     /// Failures are errors and exactly these statuses.
     pub fn statuses(list: impl IntoIterator<Item = u16>) -> Self {
+        let mut set = crate::StatusSet::default();
+        list.into_iter().for_each(|s| set.insert(s));
         Self {
-            failures: Some(list.into_iter().collect()),
+            failures: Some(set),
         }
     }
 
@@ -53,38 +84,40 @@ impl HttpStatus {
     pub fn is_failure(&self, status: http::StatusCode) -> bool {
         match &self.failures {
             None => status.is_server_error(),
-            Some(list) => list.contains(&status.as_u16()),
+            Some(set) => set.contains(status.as_u16()),
         }
     }
 }
 
 impl<B: 'static> Classify<http::Response<B>> for HttpStatus {
-    fn classify(&self, result: Result<&http::Response<B>, &BoxError>) -> Outcome {
+    fn classify(&self, result: Result<&http::Response<B>, &BoxError>) -> Classified {
         match result {
-            Err(e) => classify_error(e),
-            Ok(r) if self.is_failure(r.status()) => Outcome::Failure,
-            Ok(r) if r.status().is_client_error() => Outcome::Ignored,
-            Ok(_) => Outcome::Success,
+            Err(e) => Classified::Failed(failure_of(e)),
+            Ok(r) if self.is_failure(r.status()) => {
+                Classified::Failed(Failure::Status(r.status().as_u16()))
+            }
+            Ok(r) if r.status().is_client_error() => Classified::Ignored,
+            Ok(_) => Classified::Success,
         }
     }
 }
 
 /// gRPC over HTTP/2 (tonic channels): transport errors, HTTP 5xx, and the `grpc-status` codes
-/// that mean the server is in trouble (UNKNOWN 2, DEADLINE_EXCEEDED 4 as a timeout,
-/// RESOURCE_EXHAUSTED 8, INTERNAL 13, UNAVAILABLE 14) are failures. Application errors
-/// (NOT_FOUND, INVALID_ARGUMENT, ...) are not. The status is read from the response headers,
-/// where servers put it for trailers-only error responses.
+/// that mean the server is in trouble are failures: DEADLINE_EXCEEDED (4) as a timeout,
+/// UNKNOWN (2) and INTERNAL (13) as a 500, RESOURCE_EXHAUSTED (8) as a 429, UNAVAILABLE (14)
+/// as a 503. Application errors (NOT_FOUND, INVALID_ARGUMENT, ...) are not. The status is
+/// read from the response headers, where servers put it for trailers-only error responses.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct GrpcStatus;
 
 impl<B: 'static> Classify<http::Response<B>> for GrpcStatus {
-    fn classify(&self, result: Result<&http::Response<B>, &BoxError>) -> Outcome {
+    fn classify(&self, result: Result<&http::Response<B>, &BoxError>) -> Classified {
         let r = match result {
-            Err(e) => return classify_error(e),
+            Err(e) => return Classified::Failed(failure_of(e)),
             Ok(r) => r,
         };
         if r.status().is_server_error() {
-            return Outcome::Failure;
+            return Classified::Failed(Failure::Status(r.status().as_u16()));
         }
         let code = r
             .headers()
@@ -92,18 +125,20 @@ impl<B: 'static> Classify<http::Response<B>> for GrpcStatus {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u8>().ok());
         match code {
-            Some(4) => Outcome::Timeout,
-            Some(2 | 8 | 13 | 14) => Outcome::Failure,
-            _ => Outcome::Success,
+            Some(4) => Classified::Failed(Failure::Timeout),
+            Some(2 | 13) => Classified::Failed(Failure::Status(500)),
+            Some(8) => Classified::Failed(Failure::Status(429)),
+            Some(14) => Classified::Failed(Failure::Status(503)),
+            _ => Classified::Success,
         }
     }
 }
 
 impl<Res, F> Classify<Res> for F
 where
-    F: Fn(Result<&Res, &BoxError>) -> Outcome + Clone + Send + Sync + 'static,
+    F: Fn(Result<&Res, &BoxError>) -> Classified + Clone + Send + Sync + 'static,
 {
-    fn classify(&self, result: Result<&Res, &BoxError>) -> Outcome {
+    fn classify(&self, result: Result<&Res, &BoxError>) -> Classified {
         self(result)
     }
 }

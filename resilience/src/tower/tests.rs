@@ -5,7 +5,10 @@ use std::time::Duration;
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 
 use super::*;
-use crate::{BreakerConfig, BudgetConfig, BulkheadConfig, State, Trip};
+use crate::{
+    BreakerConfig, BudgetConfig, Bulkhead, BulkheadConfig, CircuitBreaker, Event, Failure, Outcome,
+    Rejected, RetryBudget, ShortCircuited, State, Trip,
+};
 
 fn breaker(trip: Trip) -> Arc<CircuitBreaker> {
     Arc::new(CircuitBreaker::new(
@@ -284,19 +287,29 @@ fn http_and_grpc_classifiers() {
         r
     };
     let h = HttpStatus::server_errors();
-    assert_eq!(h.classify(Ok(&resp(503, None))), Outcome::Failure);
-    assert_eq!(h.classify(Ok(&resp(404, None))), Outcome::Ignored);
-    assert_eq!(h.classify(Ok(&resp(200, None))), Outcome::Success);
-    let only = HttpStatus::statuses([503]);
-    assert_eq!(only.classify(Ok(&resp(500, None))), Outcome::Success);
-    let elapsed: BoxError = Box::new(Elapsed::new());
     assert_eq!(
-        Classify::<http::Response<()>>::classify(&h, Err(&elapsed)),
+        h.classify(Ok(&resp(503, None))),
+        Classified::Failed(Failure::Status(503))
+    );
+    assert_eq!(h.classify(Ok(&resp(404, None))), Classified::Ignored);
+    assert_eq!(h.classify(Ok(&resp(200, None))), Classified::Success);
+    let only = HttpStatus::statuses([503]);
+    assert_eq!(only.classify(Ok(&resp(500, None))), Classified::Success);
+    let elapsed: BoxError = Box::new(Elapsed::new());
+    let timed_out = Classify::<http::Response<()>>::classify(&h, Err(&elapsed));
+    assert_eq!(timed_out, Classified::Failed(Failure::Timeout));
+    assert_eq!(timed_out.outcome(), Outcome::Timeout);
+    let g = GrpcStatus;
+    assert_eq!(
+        g.classify(Ok(&resp(200, Some("14")))).outcome(),
+        Outcome::Failure
+    );
+    assert_eq!(
+        g.classify(Ok(&resp(200, Some("4")))).outcome(),
         Outcome::Timeout
     );
-    let g = GrpcStatus;
-    assert_eq!(g.classify(Ok(&resp(200, Some("14")))), Outcome::Failure);
-    assert_eq!(g.classify(Ok(&resp(200, Some("4")))), Outcome::Timeout);
-    assert_eq!(g.classify(Ok(&resp(200, Some("5")))), Outcome::Success);
-    assert_eq!(g.classify(Ok(&resp(200, None))), Outcome::Success);
+    assert_eq!(g.classify(Ok(&resp(200, Some("5")))), Classified::Success);
+    assert_eq!(g.classify(Ok(&resp(200, None))), Classified::Success);
+    let rejected: BoxError = Box::new(Rejected::Full);
+    assert_eq!(failure_of(&rejected), Failure::BulkheadFull);
 }

@@ -6,32 +6,36 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
-use resilience::{BreakerConfig, BudgetConfig, BulkheadConfig, Trip};
+use resilience::{
+    BreakerConfig, BudgetConfig, BulkheadConfig, Condition, FailureSet, RetryPolicy, StatusSet,
+    Trip,
+};
 use toml::Spanned;
 
 use super::{count, ms, ranged};
 use crate::config::error::Issues;
 use crate::config::policy::{
-    BreakerSettings, BulkheadSettings, ClusterPolicy, FallbackOn, FallbackSpec, LastGoodSettings,
-    OutlierSettings, RetryOn, RetryPolicy, RoutePolicy, StaticResponse, StatusSet,
+    BreakerSettings, BulkheadSettings, ClusterPolicy, FallbackSpec, LastGoodSettings,
+    OutlierSettings, RoutePolicy, StaticResponse,
 };
 use crate::config::raw::{RawCluster, RawFallback, RawRetry, RawRoute};
 
-/// Parses a condition list such as `["connect_failure", "5xx", 503]`: names from `allowed`,
-/// `5xx`, `gateway_error` (502, 503, 504) and status codes (as numbers or strings).
+/// Parses a condition list such as `["connect_failure", "5xx", 503]` into the typed set:
+/// conditions from `allowed`, `5xx`, `gateway_error` (502, 503, 504) and status codes (as
+/// numbers or strings).
 fn conditions(
     list: &Spanned<Vec<Spanned<toml::Value>>>,
     what: &str,
-    allowed: &[&str],
+    allowed: &[Condition],
     issues: &mut Issues<'_>,
-) -> (HashSet<String>, StatusSet) {
+) -> FailureSet {
     let mut names = HashSet::new();
     let mut statuses = StatusSet::default();
     let fix = format!(
         "use {}, \"5xx\", \"gateway_error\" or status codes like 503",
         allowed
             .iter()
-            .map(|a| format!("\"{a}\""))
+            .map(|a| format!("\"{}\"", a.name()))
             .collect::<Vec<_>>()
             .join(", ")
     );
@@ -47,8 +51,8 @@ fn conditions(
                     statuses.extend(StatusSet::range(502, 504));
                     continue;
                 }
-                name if allowed.contains(&name) => {
-                    names.insert(name.to_owned());
+                name if Condition::from_name(name).is_some_and(|c| allowed.contains(&c)) => {
+                    names.extend(Condition::from_name(name));
                     continue;
                 }
                 other => match other.parse::<i64>() {
@@ -82,7 +86,7 @@ fn conditions(
             None => {}
         }
     }
-    (names, statuses)
+    FailureSet::new(names, statuses)
 }
 
 fn breaker(raw: &RawCluster, cluster: &str, issues: &mut Issues<'_>) -> Option<BreakerSettings> {
@@ -90,7 +94,7 @@ fn breaker(raw: &RawCluster, cluster: &str, issues: &mut Issues<'_>) -> Option<B
     let Some(b) = &raw.circuit_breaker else {
         return Some(BreakerSettings {
             config: d,
-            failure_statuses: StatusSet::range(500, 599),
+            failures: FailureSet::dependency_failures(),
         });
     };
     let b = b.get_ref();
@@ -157,16 +161,24 @@ fn breaker(raw: &RawCluster, cluster: &str, issues: &mut Issues<'_>) -> Option<B
             d.trip
         }
     };
-    let failure_statuses = match &b.failure_statuses {
-        None => StatusSet::range(500, 599),
+    let failures = match &b.failure_statuses {
+        None => FailureSet::dependency_failures(),
         Some(list) => {
-            let (_, s) = conditions(
+            let listed = conditions(
                 list,
                 &format!("failure_statuses of cluster `{cluster}`"),
                 &[],
                 issues,
             );
-            s
+            // Connect failures, timeouts and resets always count; the list names statuses.
+            FailureSet::new(
+                [
+                    Condition::ConnectFailure,
+                    Condition::Timeout,
+                    Condition::Reset,
+                ],
+                *listed.statuses(),
+            )
         }
     };
     if b.enabled == Some(false) {
@@ -179,11 +191,15 @@ fn breaker(raw: &RawCluster, cluster: &str, issues: &mut Issues<'_>) -> Option<B
             trip,
             sleep_window: ms(&b.sleep_window_ms, "sleep_window_ms", 5_000, issues),
         },
-        failure_statuses,
+        failures,
     })
 }
 
-const RETRY_CONDITIONS: [&str; 3] = ["connect_failure", "reset", "timeout"];
+const RETRY_CONDITIONS: [Condition; 3] = [
+    Condition::ConnectFailure,
+    Condition::Reset,
+    Condition::Timeout,
+];
 
 fn retry_policy(
     r: &RawRetry,
@@ -193,20 +209,12 @@ fn retry_policy(
 ) -> RetryPolicy {
     let on = match &r.on {
         None => base.on,
-        Some(list) => {
-            let (names, statuses) = conditions(
-                list,
-                &format!("retry.on of {what}"),
-                &RETRY_CONDITIONS,
-                issues,
-            );
-            RetryOn {
-                connect_failure: names.contains("connect_failure"),
-                reset: names.contains("reset"),
-                timeout: names.contains("timeout"),
-                statuses,
-            }
-        }
+        Some(list) => conditions(
+            list,
+            &format!("retry.on of {what}"),
+            &RETRY_CONDITIONS,
+            issues,
+        ),
     };
     RetryPolicy {
         retries: count(
@@ -225,12 +233,10 @@ fn retry_policy(
 fn default_retry() -> RetryPolicy {
     RetryPolicy {
         retries: 1,
-        on: RetryOn {
-            connect_failure: true,
-            reset: true,
-            timeout: false,
-            statuses: StatusSet::range(502, 504),
-        },
+        on: FailureSet::new(
+            [Condition::ConnectFailure, Condition::Reset],
+            StatusSet::range(502, 504),
+        ),
         non_idempotent: false,
     }
 }
@@ -353,15 +359,6 @@ pub(super) fn cluster_policy(
     }
 }
 
-const FALLBACK_CONDITIONS: [&str; 6] = [
-    "connect_failure",
-    "timeout",
-    "reset",
-    "circuit_open",
-    "bulkhead_full",
-    "no_endpoints",
-];
-
 fn fallback(
     f: &Spanned<RawFallback>,
     route: &str,
@@ -371,32 +368,13 @@ fn fallback(
     let span = f.span();
     let f = f.get_ref();
     let on = match &f.on {
-        None => FallbackOn {
-            connect_failure: true,
-            timeout: true,
-            reset: true,
-            statuses: StatusSet::range(500, 599),
-            circuit_open: true,
-            bulkhead_full: true,
-            no_endpoints: true,
-        },
-        Some(list) => {
-            let (n, statuses) = conditions(
-                list,
-                &format!("fallback.on of route `{route}`"),
-                &FALLBACK_CONDITIONS,
-                issues,
-            );
-            FallbackOn {
-                connect_failure: n.contains("connect_failure"),
-                timeout: n.contains("timeout"),
-                reset: n.contains("reset"),
-                statuses,
-                circuit_open: n.contains("circuit_open"),
-                bulkhead_full: n.contains("bulkhead_full"),
-                no_endpoints: n.contains("no_endpoints"),
-            }
-        }
+        None => FailureSet::new(Condition::ALL, StatusSet::server_errors()),
+        Some(list) => conditions(
+            list,
+            &format!("fallback.on of route `{route}`"),
+            &Condition::ALL,
+            issues,
+        ),
     };
     let cluster = f.cluster.as_ref().and_then(|c| {
         let i = clusters.get(c.get_ref()).copied();
