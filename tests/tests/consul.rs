@@ -55,19 +55,19 @@ async fn wait_endpoints(
     upstreams: &[&EchoServer],
 ) {
     let want: BTreeSet<String> = upstreams.iter().map(|u| u.addr().to_string()).collect();
-    let end = Instant::now() + CHANGE_DEADLINE;
-    loop {
-        let have = endpoints_of(http, gw, name).await;
-        if have == want {
-            return;
-        }
-        assert!(
-            Instant::now() < end,
-            "cluster {name} has {have:?}, expected {want:?}\n{}",
-            gw.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        &format!("cluster {name} to have {want:?}"),
+        CHANGE_DEADLINE,
+        || async {
+            let have = endpoints_of(http, gw, name).await;
+            if have == want {
+                Ok(())
+            } else {
+                Err(format!("it has {have:?}\n{}", gw.log()))
+            }
+        },
+    )
+    .await;
 }
 
 /// Sends `n` requests to `path` and returns the instances that answered (all must be 200).
@@ -191,16 +191,15 @@ async fn a_new_instance_receives_traffic_within_two_seconds_of_passing_its_check
     rb.report(CheckStatus::Passing, "warmed up")
         .await
         .expect("pass");
-    loop {
-        if instances(&http, &gw, "/x", 4).await.contains("b") {
-            break;
+    eventually("traffic to b", Duration::from_secs(5), || async {
+        let seen = instances(&http, &gw, "/x", 4).await;
+        if seen.contains("b") {
+            Ok(())
+        } else {
+            Err(format!("only {seen:?}\n{}", gw.log()))
         }
-        assert!(
-            passed.elapsed() < Duration::from_secs(5),
-            "b got no traffic\n{}",
-            gw.log()
-        );
-    }
+    })
+    .await;
     let took = passed.elapsed();
     assert!(
         took < Duration::from_secs(2),
@@ -223,15 +222,15 @@ async fn consul_down_keeps_the_last_endpoints_and_a_restart_resumes_the_watch() 
     wait_endpoints(&http, &gw, "svc", &[&a]).await;
 
     agent.stop();
-    let end = Instant::now() + CHANGE_DEADLINE;
-    let view = loop {
+    let view = eventually("svc marked stale", CHANGE_DEADLINE, || async {
         let view = cluster_view(&http, &gw, "svc").await;
         if view["discovery"]["stale"] == true {
-            break view;
+            Ok(view)
+        } else {
+            Err(view.to_string())
         }
-        assert!(Instant::now() < end, "never marked stale: {view}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await;
     assert!(
         view["discovery"]["last_error"]
             .as_str()
@@ -246,15 +245,14 @@ async fn consul_down_keeps_the_last_endpoints_and_a_restart_resumes_the_watch() 
         "the last known endpoints keep serving"
     );
     // Still serving after several failed retries.
-    let end = Instant::now() + CHANGE_DEADLINE;
-    while cluster_view(&http, &gw, "svc").await["discovery"]["consecutive_errors"]
-        .as_u64()
-        .unwrap_or(0)
-        < 3
-    {
-        assert!(Instant::now() < end, "no retries seen");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("three failed watch retries", CHANGE_DEADLINE, || async {
+        let view = cluster_view(&http, &gw, "svc").await;
+        match view["discovery"]["consecutive_errors"].as_u64() {
+            Some(n) if n >= 3 => Ok(()),
+            _ => Err(view.to_string()),
+        }
+    })
+    .await;
     assert_eq!(instances(&http, &gw, "/x", 10).await, set(&["a"]));
     assert!(gw.log().contains("serving the last known endpoints"));
 
@@ -286,11 +284,15 @@ async fn in_flight_requests_finish_when_their_endpoint_leaves() {
         let url = gw.url("/slow?delay_ms=1500");
         async move { http.get(url).send().await }
     });
-    let end = Instant::now() + Duration::from_secs(5);
-    while cluster_view(&http, &gw, "svc").await["endpoints"][0]["in_flight"] != 1 {
-        assert!(Instant::now() < end, "the slow request never reached a");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the slow request at a", Duration::from_secs(5), || async {
+        let view = cluster_view(&http, &gw, "svc").await;
+        if view["endpoints"][0]["in_flight"] == 1 {
+            Ok(())
+        } else {
+            Err(view.to_string())
+        }
+    })
+    .await;
     let _rb = consul
         .register(Service::new("svc", b.addr()).http_check("/health"))
         .await
@@ -314,15 +316,19 @@ async fn a_service_process_registers_itself_and_deregisters_on_sigterm() {
             .args(["--listen", &listen, "--name", "p1", "--service", "svc"])
             .args(["--tag", "canary", "--consul", &agent.address()]),
     );
-    let end = Instant::now() + CHANGE_DEADLINE;
-    while !endpoints_of(&http, &gw, "canary").await.contains(&listen) {
-        assert!(
-            Instant::now() < end,
-            "the process never showed up\n{}",
-            gw.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "the process in the canary cluster",
+        CHANGE_DEADLINE,
+        || async {
+            let have = endpoints_of(&http, &gw, "canary").await;
+            if have.contains(&listen) {
+                Ok(())
+            } else {
+                Err(format!("it has {have:?}\n{}", gw.log()))
+            }
+        },
+    )
+    .await;
     assert_eq!(instances(&http, &gw, "/canary/x", 5).await, set(&["p1"]));
     let services = agent.get_json("/v1/agent/services").await;
     let entry = services

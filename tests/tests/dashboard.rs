@@ -32,20 +32,16 @@ impl ChromeDriver {
             .expect("chromedriver (Debian package chromium-driver; scripts/setup installs it)");
         let driver = Self { child, port };
         let http = reqwest::Client::new();
-        let end = Instant::now() + Duration::from_secs(20);
-        loop {
-            let ready = http
-                .get(format!("{}/status", driver.url()))
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status().is_success());
-            if ready.is_some() {
-                return driver;
+        let status = format!("{}/status", driver.url());
+        eventually("chromedriver's status", Duration::from_secs(20), || async {
+            match http.get(&status).send().await {
+                Ok(r) if r.status().is_success() => Ok(()),
+                Ok(r) => Err(format!("status {}", r.status())),
+                Err(e) => Err(e.to_string()),
             }
-            assert!(Instant::now() < end, "chromedriver did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await;
+        driver
     }
 
     fn url(&self) -> String {

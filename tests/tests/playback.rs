@@ -71,34 +71,30 @@ impl Svc {
         panic!("{name}: no free port in three tries");
     }
 
+    /// Waits until the service answers `/health`; `Err` with its log when it exited first.
     async fn wait_healthy(&mut self) -> Result<(), String> {
         let http = client();
-        let end = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self
+        let health = format!("http://{}/health", self.addr);
+        let what = format!("{} healthy", self.name);
+        eventually(&what, Duration::from_secs(30), || {
+            let exited = self
                 .child
                 .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                return Err(format!("({status}) {}", self.log()));
-            }
-            if let Ok(r) = http
-                .get(format!("http://{}/health", self.addr))
-                .send()
-                .await
-            {
-                if r.status() == 200 {
-                    return Ok(());
+                .and_then(|c| c.try_wait().ok().flatten());
+            let log = self.log();
+            let probe = http.get(&health).send();
+            async move {
+                if let Some(status) = exited {
+                    return Ok(Err(format!("({status}) {log}")));
+                }
+                match probe.await {
+                    Ok(r) if r.status() == 200 => Ok(Ok(())),
+                    Ok(r) => Err(format!("status {}\n{log}", r.status())),
+                    Err(e) => Err(format!("{e}\n{log}")),
                 }
             }
-            assert!(
-                Instant::now() < end,
-                "{} not healthy:\n{}",
-                self.name,
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        })
+        .await
     }
 
     fn log(&self) -> String {
@@ -463,33 +459,34 @@ async fn the_flow_passes_with_discovery_through_a_real_consul() {
     let consul = ConsulAgent::start().await;
     let stack = Stack::start(Some(&consul)).await;
     for service in ["catalog", "steering", "play"] {
-        let end = Instant::now() + Duration::from_secs(20);
-        loop {
+        let what = format!("{service} passing in Consul");
+        eventually(&what, Duration::from_secs(20), || async {
             let j = consul
                 .get_json(&format!("/v1/health/service/{service}?passing=true"))
                 .await;
             if j.as_array().is_some_and(|a| !a.is_empty()) {
-                break;
+                Ok(())
+            } else {
+                Err(j.to_string())
             }
-            assert!(Instant::now() < end, "{service} never passing: {j}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await;
     }
     let alice = token_for("alice", "premium", "JP", 600);
-    let end = Instant::now() + Duration::from_secs(20);
-    let manifest = loop {
+    let what = "an undegraded manifest through Consul discovery";
+    let manifest = eventually(what, Duration::from_secs(20), || async {
         let (status, m) = stack.play(Some(&alice), "t-0001", "tv").await;
         if status == 200 && m["degraded"] == false {
-            break m;
+            Ok(m)
+        } else {
+            Err(format!(
+                "{status} {m}\n{}\n{}",
+                stack.gw.log(),
+                stack.play.log()
+            ))
         }
-        assert!(
-            Instant::now() < end,
-            "no undegraded manifest through Consul discovery: {status} {m}\n{}\n{}",
-            stack.gw.log(),
-            stack.play.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    })
+    .await;
     assert_eq!(manifest["servers"][0]["id"], "tyo-loopnet-2");
     let (status, clusters) = get_json(&client(), &stack.gw.admin_url("/clusters")).await;
     assert_eq!(status, 200);
