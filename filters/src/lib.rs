@@ -21,12 +21,16 @@ mod context;
 mod filter;
 mod registry;
 pub mod reply;
+mod services;
 mod template;
 
 pub use chain::{FilterChain, NamedFilter};
 pub use context::{FilterContext, Identity};
 pub use filter::{Filter, Flow};
 pub use registry::{FilterConfigError, FilterFactory, FilterRegistry, FilterSettings};
+pub use services::{
+    Checked, FilterServices, Fleet, GcraOp, LimitMode, LimitObserver, LimitStore, StoreError,
+};
 pub use template::{Template, TemplateError};
 
 /// Re-exported so plugin crates implement [`Filter`] with the same macro version.

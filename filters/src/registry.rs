@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 
-use crate::{Filter, NamedFilter};
+use crate::{Filter, FilterServices, NamedFilter};
 
 /// Why a filter's settings were refused; the config loader adds the file, line and route.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,6 +48,8 @@ pub struct FilterSettings {
     table: toml::Table,
     base_dir: PathBuf,
     dev_mode: bool,
+    owner: String,
+    services: FilterServices,
 }
 
 impl FilterSettings {
@@ -57,7 +59,31 @@ impl FilterSettings {
             table,
             base_dir: base_dir.into(),
             dev_mode: false,
+            owner: String::new(),
+            services: FilterServices::default(),
         }
+    }
+
+    /// The same settings, for a filter owned by `owner` (`global`, or a route's name).
+    pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = owner.into();
+        self
+    }
+
+    /// Who the filter belongs to: `global`, a route's name, or empty when unknown.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// The same settings, with the services the host gateway offers.
+    pub fn with_services(mut self, services: FilterServices) -> Self {
+        self.services = services;
+        self
+    }
+
+    /// The services the host gateway offers (a limit store, the fleet, observers).
+    pub fn services(&self) -> &FilterServices {
+        &self.services
     }
 
     /// The same settings, built on a developer machine (`gateway --dev`) or not.
@@ -132,6 +158,7 @@ pub struct DuplicateFilter(pub String);
 pub struct FilterRegistry {
     factories: BTreeMap<String, Arc<dyn FilterFactory>>,
     dev_mode: bool,
+    services: FilterServices,
 }
 
 impl fmt::Debug for FilterRegistry {
@@ -194,7 +221,10 @@ impl FilterRegistry {
                 ),
             )
         })?;
-        let settings = settings.clone().with_dev_mode(self.dev_mode);
+        let settings = settings
+            .clone()
+            .with_dev_mode(self.dev_mode)
+            .with_services(self.services.clone());
         Ok(NamedFilter::new(key.as_str(), factory.build(&settings)?))
     }
 
@@ -207,6 +237,11 @@ impl FilterRegistry {
     /// Whether dev mode is on.
     pub fn dev_mode(&self) -> bool {
         self.dev_mode
+    }
+
+    /// The services the filters this registry builds see ([`FilterSettings::services`]).
+    pub fn set_services(&mut self, services: FilterServices) {
+        self.services = services;
     }
 }
 

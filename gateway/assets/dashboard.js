@@ -149,9 +149,23 @@ async function getJson(path) {
 
 async function poll() {
   try {
-    const [r, c, cfg, ready] = await Promise.all([
+    const [r, c, cfg, ready, fleet] = await Promise.all([
       getJson("/routes"), getJson("/clusters"), getJson("/config"), getJson("/readyz"),
+      getJson("/fleet"),
     ]);
+    document.getElementById("fleet-size").textContent = `${fleet.size} (${fleet.source})`;
+    const limits = document.getElementById("limits");
+    const degraded = fleet.degraded_limits || [];
+    if (!fleet.limit_store) {
+      limits.textContent = "local";
+      limits.className = "";
+    } else if (degraded.length) {
+      limits.textContent = `degraded: ${degraded.join(", ")} (store ${fleet.limit_store.breaker})`;
+      limits.className = "error";
+    } else {
+      limits.textContent = `cluster-wide (${fleet.limit_store.address})`;
+      limits.className = "";
+    }
     routes = r.routes || [];
     clusters = c.clusters || [];
     const current = cfg.current || {};

@@ -15,6 +15,7 @@ mod edge;
 mod errors;
 mod fallback;
 mod filtering;
+mod fleet;
 mod grpc;
 mod hystrix;
 mod metrics;

@@ -67,6 +67,13 @@ pub(crate) struct Metrics {
     config_loaded: Gauge,
     process_in_flight: IntGauge,
     draining: IntGauge,
+    /// Gateways sharing the cluster-wide rate limits.
+    pub(crate) fleet_size: IntGauge,
+    /// 1 while a cluster-wide limit's store is unavailable.
+    pub(crate) limits_degraded: IntGaugeVec,
+    limit_decisions: IntCounterVec,
+    limit_store: HistogramVec,
+    limit_store_errors: IntCounter,
     /// One scrape at a time sets the state gauges.
     scrape: Mutex<()>,
 }
@@ -134,6 +141,11 @@ impl Metrics {
             config_loaded: registered(reg, Gauge::new("gateway_config_loaded_timestamp_seconds", "When the serving config version was loaded (Unix time).").expect("valid metric")),
             process_in_flight: registered(reg, IntGauge::new("gateway_in_flight", "Requests being served now, all routes.").expect("valid metric")),
             draining: registered(reg, IntGauge::new("gateway_draining", "1 while the process drains (shutdown or binary upgrade).").expect("valid metric")),
+            fleet_size: registered(reg, IntGauge::new("gateway_fleet_size", "Gateways sharing the cluster-wide rate limits (passing instances in Consul, or [fleet] size).").expect("valid metric")),
+            limits_degraded: family!(reg, IntGaugeVec, "gateway_rate_limit_degraded", "1 while a cluster-wide rate limit's store is unavailable and its on_store_failure decides.", &["limit"]),
+            limit_decisions: family!(reg, IntCounterVec, "gateway_rate_limit_decisions_total", "Cluster-wide rate limit decisions by mode (local: this gateway's share; global: the store decided; degraded: the store was away) and result.", &["mode", "result"]),
+            limit_store: histogram_family(reg, "gateway_rate_limit_store_duration_seconds", "Time of the limit store's (Redis) calls, by result (ok, error).", &["result"]),
+            limit_store_errors: registered(reg, IntCounter::new("gateway_rate_limit_store_errors_total", "Limit store (Redis) calls that failed or timed out.").expect("valid metric")),
             scrape: Mutex::new(()),
             registry: r,
         };
@@ -214,6 +226,25 @@ impl Metrics {
         self.fallbacks
             .with_label_values(&[route, kind, result])
             .inc();
+    }
+
+    /// Counts a cluster-wide rate limit's decision.
+    pub(crate) fn limit_decision(&self, mode: &str, allowed: bool) {
+        let result = if allowed { "allowed" } else { "refused" };
+        self.limit_decisions
+            .with_label_values(&[mode, result])
+            .inc();
+    }
+
+    /// Records a limit store call.
+    pub(crate) fn limit_store_call(&self, latency: Duration, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.limit_store
+            .with_label_values(&[result])
+            .observe(latency.as_secs_f64());
+        if !ok {
+            self.limit_store_errors.inc();
+        }
     }
 
     /// Counts a reload attempt.

@@ -68,6 +68,8 @@ pub(crate) struct Runtime {
     pub default_edge: crate::edge::ListenerEdge,
     /// The admin API's settings (its lock reads the token and allowed hosts from here).
     pub admin: crate::config::AdminSettings,
+    /// The store of this version's cluster-wide rate limits, if it names one.
+    pub limit_store: Option<Arc<redis_store::RedisStore>>,
 }
 
 impl Runtime {
@@ -101,6 +103,7 @@ impl Runtime {
     /// settings stayed. A cluster whose settings changed starts fresh, seeded with the old
     /// cluster's endpoints when it still has the same endpoint source.
     pub(crate) fn build_from(config: &Config, previous: Option<&Runtime>) -> Self {
+        crate::fleet::apply(&config.fleet);
         let old_cluster = |name: &str| {
             previous.and_then(|p| p.clusters.iter().find(|c| c.name() == name).cloned())
         };
@@ -200,6 +203,7 @@ impl Runtime {
                 .collect(),
             default_edge: crate::edge::ListenerEdge::default(),
             admin: config.admin.clone(),
+            limit_store: crate::fleet::store_of(config.redis.as_ref()),
         }
     }
 

@@ -104,6 +104,14 @@ pub(crate) fn run(
             "discovery: the config file's endpoints (embedded default; no Consul configured)"
         ),
     }
+    match &config.redis {
+        Some(r) => {
+            tracing::info!(redis = ?r.settings, "rate limits: scope = \"cluster\" limits count in Redis (connecting on first use)")
+        }
+        None => tracing::info!(
+            "rate limits: local to this gateway (embedded default; no [redis] configured)"
+        ),
+    }
     let watches = runtime.discovery_watches(&config);
     let state = Arc::new(GatewayState::new(runtime));
     let reloader = Arc::new(Reloader::new(
@@ -207,6 +215,21 @@ pub(crate) fn run(
             reloader: reloader.clone(),
         },
     ));
+    if let (Some(service), Some(consul)) = (&config.fleet.register, &config.consul) {
+        // The fleet's members are counted by the address clients reach them on.
+        let address = config
+            .listeners
+            .first()
+            .map_or(config.admin.address, |l| l.address);
+        server.add_service(background_service(
+            "fleet",
+            FleetService {
+                consul: consul.clone(),
+                service: service.clone(),
+                address,
+            },
+        ));
+    }
     server.add_service(background_service(
         "drain",
         DrainService {
@@ -427,6 +450,30 @@ impl BackgroundService for AdminService {
         if let Some(t) = status_task {
             t.abort();
         }
+    }
+}
+
+/// Keeps this gateway registered in Consul and the fleet's size current
+/// ([`crate::fleet::membership`]) until shutdown, then deregisters it.
+struct FleetService {
+    consul: discovery::consul::ConsulConfig,
+    service: String,
+    address: std::net::SocketAddr,
+}
+
+#[async_trait]
+impl BackgroundService for FleetService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let stop = async move {
+            let _ = shutdown.changed().await;
+        };
+        crate::fleet::membership(
+            self.consul.clone(),
+            self.service.clone(),
+            self.address,
+            stop,
+        )
+        .await;
     }
 }
 

@@ -151,8 +151,30 @@ fn state_router(state: Arc<GatewayState>) -> Router {
         .route("/breakers", get(breakers))
         .route("/breakers/{cluster}", get(breaker))
         .route("/breakers/{cluster}/{action}", post(breaker_action))
+        .route("/fleet", get(fleet))
         .fallback(not_found)
         .with_state(state)
+}
+
+/// The fleet: its size and where it comes from, the limit store and its breaker, and the
+/// cluster-wide limits degraded now.
+async fn fleet(State(state): State<Arc<GatewayState>>) -> Response {
+    use filters::LimitStore;
+    let runtime = state.runtime();
+    let store = runtime.limit_store.as_ref().map(|s| {
+        json!({
+            "address": s.describe(),
+            "available": s.available(),
+            "breaker": s.breaker().state().name(),
+        })
+    });
+    Json(json!({
+        "size": crate::fleet::size(),
+        "source": crate::fleet::source(),
+        "limit_store": store,
+        "degraded_limits": crate::fleet::degraded_limits(),
+    }))
+    .into_response()
 }
 
 /// Liveness: the process answers.

@@ -49,6 +49,28 @@ pub(crate) struct Config {
     pub reload: ReloadSettings,
     /// HTTP/2 server settings of every listener (`[http]`).
     pub h2: crate::edge::H2Settings,
+    /// The store of cluster-wide rate limits (`[redis]`), if any.
+    pub redis: Option<RedisConfig>,
+    /// The fleet sharing them (`[fleet]`).
+    pub fleet: FleetSettings,
+}
+
+/// `[redis]`: where cluster-wide rate limits keep their state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RedisConfig {
+    /// Address, timeout and breaker of the store.
+    pub settings: redis_store::RedisSettings,
+    /// Longest time between two reconciliations of a limit with the store.
+    pub sync_interval: Duration,
+}
+
+/// `[fleet]`: how many gateways share the cluster-wide limits.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct FleetSettings {
+    /// The size when no membership is known (default 1).
+    pub size: u32,
+    /// Register this gateway in Consul under this service and count its passing instances.
+    pub register: Option<String>,
 }
 
 /// `[reload]`: where new versions of the config may come from.

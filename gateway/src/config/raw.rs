@@ -32,6 +32,11 @@ pub(crate) struct RawConfig {
     /// Edge protection for every listener (`[http]`).
     #[serde(default)]
     pub(crate) http: RawHttp,
+    /// The store of cluster-wide rate limits (`[redis]`).
+    pub(crate) redis: Option<Spanned<RawRedis>>,
+    /// The fleet of gateways sharing them (`[fleet]`).
+    #[serde(default)]
+    pub(crate) fleet: RawFleet,
 }
 
 /// `[http]` (every listener) and `[listeners.http]` (one listener, over `[http]`): path
@@ -324,4 +329,24 @@ pub(crate) struct RawRoute {
 pub(crate) struct RawHeaderMatch {
     pub(crate) name: String,
     pub(crate) value: Option<String>,
+}
+
+/// `[redis]`: the store of cluster-wide rate limits.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRedis {
+    pub(crate) address: Option<Spanned<String>>,
+    pub(crate) timeout_ms: Option<Spanned<i64>>,
+    pub(crate) sync_interval_ms: Option<Spanned<i64>>,
+    pub(crate) failures_to_open: Option<Spanned<i64>>,
+    pub(crate) retry_after_ms: Option<Spanned<i64>>,
+}
+
+/// `[fleet]`: how many gateways share the cluster-wide limits.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawFleet {
+    pub(crate) size: Option<Spanned<i64>>,
+    pub(crate) register: Option<bool>,
+    pub(crate) service: Option<Spanned<String>>,
 }

@@ -86,6 +86,7 @@ mod http;
 mod jwt;
 mod otlp;
 mod process;
+mod redis;
 
 pub use consul::*;
 pub use gateway::*;
@@ -93,6 +94,7 @@ pub use http::*;
 pub use jwt::*;
 pub use otlp::*;
 pub use process::*;
+pub use redis::*;
 
 /// Polls `probe` every 20 ms until it gives `Ok(value)`. Past `deadline` it panics naming
 /// `what` and the last thing `probe` saw (its `Err`), so a failed wait says why.

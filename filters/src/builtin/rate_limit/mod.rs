@@ -1,39 +1,33 @@
-//! `rate_limit`: GCRA rate limits (governor) keyed by client IP, a request header, a JWT claim
-//! or the route. A route can have several limits (e.g. a per-second burst limit and a
-//! per-minute quota); a request must pass all of them. Refusal is 429 with `Retry-After` and
+//! `rate_limit`: GCRA rate limits keyed by client IP, a request header, a JWT claim or the
+//! route. A route can have several limits (e.g. a per-second burst limit and a per-minute
+//! quota); a request must pass all of them. Refusal is 429 with `Retry-After` and
 //! `RateLimit-Limit/Remaining/Reset`; allowed responses carry the `RateLimit-*` headers of the
 //! tightest limit.
 //!
-//! Memory stays bounded: keys whose state has returned to "fresh" are swept every few seconds,
-//! and a limit tracking more than `max_keys` keys after a sweep starts over empty (logged).
-//! Limits are local to this gateway process.
+//! A limit is local to this gateway process ([`local`], the default) or, with
+//! `scope = "cluster"`, shared by the fleet through the gateway's limit store ([`cluster`]).
+
+mod cluster;
+mod local;
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use governor::clock::{Clock, DefaultClock};
-use governor::middleware::StateInformationMiddleware;
-use governor::state::keyed::DashMapStateStore;
-use governor::{Quota, RateLimiter};
+use governor::Quota;
 use http::header::RETRY_AFTER;
 use http::{request, response, HeaderName, HeaderValue, StatusCode};
 use serde::Deserialize;
 
+use self::cluster::{ClusterLimit, OnStoreFailure};
+use self::local::LocalLimit;
 use super::header_name;
 use crate::{reply, Filter, FilterConfigError, FilterContext, FilterSettings, Flow};
 
 const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
-/// Checks between looks at the key count (bounds the overshoot past `max_keys`).
-const SIZE_CHECK_EVERY: u64 = 256;
-/// Least time between sweeps of stale keys.
-const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,6 +37,9 @@ struct Settings {
     max_keys: usize,
     #[serde(default = "yes")]
     headers: bool,
+    /// Names the filter's cluster-wide limits in the store (default: derived from the
+    /// limits, so gateways with the same settings share state).
+    name: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -54,6 +51,9 @@ struct LimitSettings {
     per_minute: Option<u32>,
     per_hour: Option<u32>,
     burst: Option<u32>,
+    #[serde(default = "default_scope")]
+    scope: String,
+    on_store_failure: Option<String>,
 }
 
 fn default_max_keys() -> usize {
@@ -61,6 +61,9 @@ fn default_max_keys() -> usize {
 }
 fn default_key() -> String {
     "client_ip".into()
+}
+fn default_scope() -> String {
+    "local".into()
 }
 fn yes() -> bool {
     true
@@ -83,20 +86,49 @@ enum Key {
     Whole,
 }
 
-type Limiter = RateLimiter<Key, DashMapStateStore<Key>, DefaultClock, StateInformationMiddleware>;
+impl Key {
+    /// The key as the store names it: printable, with the variant kept apart.
+    fn store_text(&self) -> String {
+        match self {
+            Self::Ip(ip) => format!("ip:{ip}"),
+            Self::Whole => "all".into(),
+            Self::Text(t) => {
+                let mut out = String::from("t:");
+                for b in t.iter() {
+                    if b.is_ascii_alphanumeric() || b"-_.@".contains(b) {
+                        out.push(char::from(*b));
+                    } else {
+                        out.push_str(&format!("%{b:02X}"));
+                    }
+                }
+                out
+            }
+        }
+    }
+}
+
+/// One limit's decision on a request.
+#[derive(Debug, Clone, Copy)]
+enum Verdict {
+    /// Admitted; what is left.
+    Allowed(Report),
+    /// Over the limit; retry after the duration.
+    Refused(Report, Duration),
+    /// The shared store is unavailable and the limit fails closed.
+    Unavailable,
+}
+
+/// Where a limit keeps its state.
+#[derive(Debug)]
+enum Scope {
+    Local(LocalLimit),
+    Cluster(ClusterLimit),
+}
 
 #[derive(Debug)]
 struct Limit {
     source: KeySource,
-    quota: Quota,
-    limiter: ArcSwap<Limiter>,
-    checks: AtomicU64,
-    last_sweep_ms: AtomicU64,
-    sweeping: Mutex<()>,
-}
-
-fn new_limiter(quota: Quota) -> Limiter {
-    RateLimiter::dashmap(quota).with_middleware::<StateInformationMiddleware>()
+    scope: Scope,
 }
 
 /// The outcome of the tightest limit, reported in `RateLimit-*` headers.
@@ -111,9 +143,7 @@ struct Report {
 #[derive(Debug)]
 pub struct RateLimitFilter {
     limits: Vec<Limit>,
-    max_keys: usize,
     headers: bool,
-    epoch: Instant,
 }
 
 fn parse_key(s: &str) -> Result<KeySource, FilterConfigError> {
@@ -175,7 +205,8 @@ fn quota(l: &LimitSettings) -> Result<Quota, FilterConfigError> {
 
 impl RateLimitFilter {
     /// Builds the filter from `limits` (each `{ key, per_second | per_minute | per_hour,
-    /// burst }`), `max_keys` (default 100000 per limit) and `headers` (default true).
+    /// burst, scope, on_store_failure }`), `max_keys` (default 100000 per local limit),
+    /// `headers` (default true) and `name` (the store namespace of cluster-wide limits).
     pub fn from_settings(s: &FilterSettings) -> Result<Self, FilterConfigError> {
         let st: Settings = s.parse()?;
         if st.limits.is_empty() {
@@ -192,26 +223,70 @@ impl RateLimitFilter {
                 "use at least 1",
             ));
         }
+        let services = s.services();
         let limits = st
             .limits
             .iter()
-            .map(|l| {
+            .enumerate()
+            .map(|(i, l)| {
                 let quota = quota(l)?;
-                Ok(Limit {
-                    source: parse_key(&l.key)?,
-                    quota,
-                    limiter: ArcSwap::from_pointee(new_limiter(quota)),
-                    checks: AtomicU64::new(0),
-                    last_sweep_ms: AtomicU64::new(0),
-                    sweeping: Mutex::new(()),
-                })
+                let source = parse_key(&l.key)?;
+                let scope = match l.scope.as_str() {
+                    "local" => {
+                        if l.on_store_failure.is_some() {
+                            return Err(FilterConfigError::at_key(
+                                "limits",
+                                "on_store_failure applies only to scope = \"cluster\"",
+                                "remove on_store_failure or set scope = \"cluster\"",
+                            ));
+                        }
+                        Scope::Local(LocalLimit::bounded(quota, st.max_keys))
+                    }
+                    "cluster" => {
+                        let on_failure = match l.on_store_failure.as_deref() {
+                            None => OnStoreFailure::LocalShare,
+                            Some(f) => OnStoreFailure::parse(f).ok_or_else(|| {
+                                FilterConfigError::at_key(
+                                    "limits",
+                                    format!("on_store_failure `{f}` is unknown"),
+                                    "use \"local_share\" (default), \"open\" or \"closed\"",
+                                )
+                            })?,
+                        };
+                        let store = services.limit_store.clone().ok_or_else(|| {
+                            FilterConfigError::at_key(
+                                "limits",
+                                "scope = \"cluster\" needs a limit store, and the gateway has none",
+                                "set [redis] address = \"redis://HOST:PORT\" in the gateway config, or use scope = \"local\"",
+                            )
+                        })?;
+                        let name = match &st.name {
+                            Some(n) => n.clone(),
+                            None => format!("{}:{}:{}", s.owner(), l.key, quota_text(l)),
+                        };
+                        Scope::Cluster(ClusterLimit::new(
+                            format!("{name}#{i}"),
+                            quota,
+                            on_failure,
+                            services.limit_sync_interval,
+                            store,
+                            services.clone(),
+                        ))
+                    }
+                    other => {
+                        return Err(FilterConfigError::at_key(
+                            "limits",
+                            format!("limit scope `{other}` is unknown"),
+                            "use scope = \"local\" (default) or \"cluster\"",
+                        ))
+                    }
+                };
+                Ok(Limit { source, scope })
             })
             .collect::<Result<_, FilterConfigError>>()?;
         Ok(Self {
             limits,
-            max_keys: st.max_keys,
             headers: st.headers,
-            epoch: Instant::now(),
         })
     }
 
@@ -231,86 +306,48 @@ impl RateLimitFilter {
         }
     }
 
-    /// Keeps a limit's key count bounded (see the module docs).
-    fn maintain(&self, limit: &Limit) {
-        let n = limit.checks.fetch_add(1, Ordering::Relaxed);
-        if n % SIZE_CHECK_EVERY != 0 {
-            return;
-        }
-        let now_ms = self.epoch.elapsed().as_millis() as u64;
-        let limiter = limit.limiter.load();
-        let over = limiter.len() > self.max_keys;
-        let due = now_ms.saturating_sub(limit.last_sweep_ms.load(Ordering::Relaxed))
-            >= SWEEP_INTERVAL.as_millis() as u64;
-        if !(over || due) {
-            return;
-        }
-        let Ok(_sweeping) = limit.sweeping.try_lock() else {
-            return;
-        };
-        limit.last_sweep_ms.store(now_ms, Ordering::Relaxed);
-        limiter.retain_recent();
-        if limiter.len() > self.max_keys {
-            tracing::warn!(
-                keys = limiter.len(),
-                max_keys = self.max_keys,
-                "rate limit tracks too many keys; starting over"
-            );
-            limit.limiter.store(Arc::new(new_limiter(limit.quota)));
-        } else {
-            limiter.shrink_to_fit();
-        }
-    }
-
-    /// Checks every limit; the report of the tightest one, or the refusal.
-    fn check(
-        &self,
-        req: &request::Parts,
-        ctx: &FilterContext,
-    ) -> Result<Report, (Report, Duration)> {
+    /// Checks every limit; the report of the tightest one, or the first refusal.
+    async fn check(&self, req: &request::Parts, ctx: &FilterContext) -> Verdict {
         let mut tightest: Option<Report> = None;
         for limit in &self.limits {
-            self.maintain(limit);
             let key = Self::key(&limit.source, req, ctx);
-            let limiter = limit.limiter.load();
-            let burst = limit.quota.burst_size().get();
-            match limiter.check_key(&key) {
-                Ok(snapshot) => {
-                    let remaining = snapshot.remaining_burst_capacity();
-                    let used = burst.saturating_sub(remaining);
-                    let reset = limit.quota.replenish_interval() * used;
-                    let r = Report {
-                        limit: burst,
-                        remaining,
-                        reset_secs: reset.as_secs() + u64::from(reset.subsec_nanos() > 0),
-                    };
+            let verdict = match &limit.scope {
+                Scope::Local(l) => l.check(&key),
+                Scope::Cluster(c) => c.check(key).await,
+            };
+            match verdict {
+                Verdict::Allowed(r) => {
                     if tightest.is_none_or(|t| r.remaining < t.remaining) {
                         tightest = Some(r);
                     }
                 }
-                Err(not_until) => {
-                    let wait = not_until.wait_time_from(limiter.clock().now());
-                    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                    return Err((
-                        Report {
-                            limit: burst,
-                            remaining: 0,
-                            reset_secs: secs.max(1),
-                        },
-                        wait,
-                    ));
-                }
+                refused => return refused,
             }
         }
-        tightest.ok_or((
-            Report {
-                limit: 0,
-                remaining: 0,
-                reset_secs: 1,
-            },
-            Duration::from_secs(1),
-        ))
+        Verdict::Allowed(tightest.unwrap_or(Report {
+            limit: 0,
+            remaining: 0,
+            reset_secs: 1,
+        }))
     }
+
+    /// Whether any cluster-wide limit is degraded (its store unavailable).
+    pub fn degraded(&self) -> bool {
+        self.limits
+            .iter()
+            .any(|l| matches!(&l.scope, Scope::Cluster(c) if c.is_degraded()))
+    }
+}
+
+/// The text of a limit's rate, for store names: `100/s+200`.
+fn quota_text(l: &LimitSettings) -> String {
+    let (n, unit) = match (l.per_second, l.per_minute, l.per_hour) {
+        (Some(n), _, _) => (n, "s"),
+        (_, Some(n), _) => (n, "m"),
+        (_, _, Some(n)) => (n, "h"),
+        _ => (0, "-"),
+    };
+    format!("{n}/{unit}+{}", l.burst.unwrap_or(n))
 }
 
 fn add_report(headers: &mut http::HeaderMap, r: &Report) {
@@ -327,14 +364,14 @@ impl Filter for RateLimitFilter {
     }
 
     async fn on_request(&self, req: &mut request::Parts, ctx: &mut FilterContext) -> Flow {
-        match self.check(req, ctx) {
-            Ok(report) => {
+        match self.check(req, ctx).await {
+            Verdict::Allowed(report) => {
                 if self.headers {
                     ctx.insert(report);
                 }
                 Flow::Continue
             }
-            Err((report, wait)) => {
+            Verdict::Refused(report, wait) => {
                 let mut resp = reply::json_error(
                     StatusCode::TOO_MANY_REQUESTS,
                     "rate_limited",
@@ -344,6 +381,15 @@ impl Filter for RateLimitFilter {
                 resp.headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from(secs));
                 add_report(resp.headers_mut(), &report);
+                Flow::Respond(resp)
+            }
+            Verdict::Unavailable => {
+                let mut resp = reply::json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "rate_limit_unavailable",
+                    "the cluster-wide rate limit cannot be checked right now",
+                );
+                resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(1));
                 Flow::Respond(resp)
             }
         }
@@ -439,11 +485,18 @@ mod tests {
         let (req, _) = http::Request::new(()).into_parts();
         for i in 0..5000u32 {
             let c = ctx(i.to_be_bytes());
-            let _ = f.check(&req, &c);
+            let key = RateLimitFilter::key(&f.limits[0].source, &req, &c);
+            let Scope::Local(l) = &f.limits[0].scope else {
+                panic!("a local limit");
+            };
+            let _ = l.check(&key);
         }
-        let keys = f.limits[0].limiter.load().len();
+        let Scope::Local(l) = &f.limits[0].scope else {
+            panic!("a local limit");
+        };
+        let keys = l.len();
         assert!(
-            keys <= 100 + SIZE_CHECK_EVERY as usize,
+            keys <= 100 + local::SIZE_CHECK_EVERY as usize,
             "{keys} keys tracked"
         );
     }

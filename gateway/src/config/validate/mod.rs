@@ -11,6 +11,7 @@ use toml::Spanned;
 mod cluster;
 mod edge;
 mod filters;
+mod fleet;
 mod policy;
 mod routes;
 
@@ -52,6 +53,12 @@ pub(super) fn validate(
         }
     }
     let names: Vec<&str> = raw.clusters.keys().map(|k| k.get_ref().as_str()).collect();
+    let redis = fleet::redis(&raw, base_dir, &mut issues);
+    let fleet = fleet::fleet(&raw, &mut issues);
+    // The filters see the store and the fleet this config names (cluster-wide limits).
+    let mut registry = registry.clone();
+    registry.set_services(crate::fleet::services(redis.as_ref(), &fleet));
+    let registry = &registry;
     let global = filters::filter_list(&raw.filters, "global", registry, base_dir, &mut issues);
     let routes = routes(
         &raw.routes,
@@ -72,7 +79,7 @@ pub(super) fn validate(
     let reload = reload_settings(&raw, &mut issues);
     let consul = consul_settings(
         &raw,
-        uses_consul || reload.consul_kv.is_some(),
+        uses_consul || reload.consul_kv.is_some() || fleet.register.is_some(),
         base_dir,
         &mut issues,
     );
@@ -91,6 +98,8 @@ pub(super) fn validate(
         routes,
         filters: global,
         h2,
+        redis,
+        fleet,
     })
 }
 
