@@ -97,14 +97,7 @@ async fn overload(
 }
 
 async fn decisions(http: &reqwest::Client, gw: &Gateway, mode: &str) -> f64 {
-    let text = http
-        .get(gw.admin_url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let text = get_text(http, &gw.admin_url("/metrics")).await;
     text.lines()
         .filter(|l| {
             l.starts_with("gateway_rate_limit_decisions_total{")
@@ -255,32 +248,13 @@ async fn one_kv_document_configures_every_gateway_and_a_bad_one_is_refused_by_ea
     for gw in fleet {
         let (_, j) = get_json(&http, &gw.admin_url("/config")).await;
         let generation = j["current"]["generation"].clone();
-        let j = eventually(
-            "the bad document refused",
-            Duration::from_secs(15),
-            || async {
-                let (_, j) = get_json(&http, &gw.admin_url("/config")).await;
-                if j["last_attempt"]["result"] == "rejected" {
-                    Ok(j)
-                } else {
-                    Err(j.to_string())
-                }
-            },
-        )
-        .await;
+        let j = wait_rejected(&http, gw, Duration::from_secs(15)).await;
         assert_eq!(j["last_attempt"]["source"], "consul-kv");
         assert_eq!(
             j["current"]["generation"], generation,
             "the last good version serves"
         );
-        let metrics = http
-            .get(gw.admin_url("/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("text");
+        let metrics = get_text(&http, &gw.admin_url("/metrics")).await;
         assert!(
             metrics
                 .lines()

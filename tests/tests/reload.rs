@@ -351,19 +351,7 @@ async fn a_consul_kv_change_reconfigures_the_gateway() {
 
     // A bad document in KV is rejected like any other; the running one stays.
     put(gw.config_for(&format!("{kv}{}", version(&a, &b, "missing", 1, 5000)))).await;
-    let j = eventually(
-        "the KV document's rejection",
-        Duration::from_secs(10),
-        || async {
-            let j = config_status(&http, &gw).await;
-            if j["last_attempt"]["result"] == "rejected" {
-                Ok(j)
-            } else {
-                Err(j.to_string())
-            }
-        },
-    )
-    .await;
+    let j = wait_rejected(&http, &gw, Duration::from_secs(10)).await;
     assert_eq!(j["last_attempt"]["source"], "consul-kv");
     assert_eq!(j["current"]["generation"], 2);
     assert_eq!(instance(&http, &gw, "/v/x").await, "b");

@@ -189,8 +189,7 @@ impl ProxyHttp for GatewayProxy {
             ctx.tls,
         );
         ctx.request_id = Some(id);
-        let runtime = ctx.runtime.clone();
-        let chain = chain_of(&runtime, ctx.route.as_deref());
+        let chain = chain_of(&ctx.runtime, ctx.route.as_deref());
         if !chain.is_empty() {
             if let Flow::Respond(resp) =
                 crate::filtering::run_request(chain, session, &mut ctx.filters).await
@@ -224,8 +223,7 @@ impl ProxyHttp for GatewayProxy {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let runtime = ctx.runtime.clone();
-        let chain = chain_of(&runtime, ctx.route.as_deref());
+        let chain = chain_of(&ctx.runtime, ctx.route.as_deref());
         if !chain.inspects_body() {
             return Ok(());
         }
@@ -538,8 +536,7 @@ impl ProxyHttp for GatewayProxy {
                 resp.insert_header(fallback::X_FALLBACK, v)?;
             }
         }
-        let runtime = ctx.runtime.clone();
-        let chain = chain_of(&runtime, ctx.route.as_deref());
+        let chain = chain_of(&ctx.runtime, ctx.route.as_deref());
         if !chain.is_empty() {
             crate::filtering::run_response(chain, resp, &mut ctx.filters).await;
         }

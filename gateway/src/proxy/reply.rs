@@ -102,8 +102,7 @@ pub(super) async fn write(session: &mut Session, ctx: &mut RequestCtx, reply: Re
     if let Some(id) = &ctx.request_id {
         head.headers.insert(X_REQUEST_ID, id.clone());
     }
-    let runtime = ctx.runtime.clone();
-    let chain = chain_of(&runtime, ctx.route.as_deref());
+    let chain = chain_of(&ctx.runtime, ctx.route.as_deref());
     if !chain.is_empty() {
         chain.on_response(&mut head, &mut ctx.filters).await;
     }

@@ -29,3 +29,26 @@ pub async fn get_json(client: &reqwest::Client, url: &str) -> (u16, serde_json::
     let body = resp.json().await.unwrap_or(serde_json::Value::Null);
     (status, body)
 }
+
+/// GET returning the body as text.
+pub async fn get_text(client: &reqwest::Client, url: &str) -> String {
+    let resp = client.get(url).send().await.expect("request");
+    resp.text().await.expect("text body")
+}
+
+/// Waits until `gw`'s last reload attempt was rejected; returns its `/config` status.
+pub async fn wait_rejected(
+    client: &reqwest::Client,
+    gw: &Gateway,
+    deadline: Duration,
+) -> serde_json::Value {
+    eventually("the document's rejection", deadline, || async {
+        let (_, j) = get_json(client, &gw.admin_url("/config")).await;
+        if j["last_attempt"]["result"] == "rejected" {
+            Ok(j)
+        } else {
+            Err(j.to_string())
+        }
+    })
+    .await
+}
