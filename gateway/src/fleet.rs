@@ -23,7 +23,8 @@ static FLEET: LazyLock<Arc<Fleet>> = LazyLock::new(|| Arc::new(Fleet::default())
 static MEMBERSHIP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 static STORES: LazyLock<Mutex<HashMap<redis_store::RedisSettings, Arc<RedisStore>>>> =
     LazyLock::new(Mutex::default);
-static OBSERVER: LazyLock<Arc<MetricsObserver>> = LazyLock::new(|| Arc::new(MetricsObserver));
+static OBSERVER: LazyLock<Arc<MetricsObserver>> =
+    LazyLock::new(|| Arc::new(MetricsObserver::new()));
 
 /// The services filters built for a config with `redis` and `fleet` get. Nothing connects
 /// here: a store opens its connection on first use.
@@ -148,13 +149,33 @@ pub(crate) async fn membership(
     }
 }
 
-/// Limit decisions and store calls as Prometheus series.
+/// Limit decisions and store calls as Prometheus series. The decision counters are
+/// resolved once (a label lookup per request would hash and lock the family).
 #[derive(Debug)]
-struct MetricsObserver;
+struct MetricsObserver {
+    /// By mode (local, global, degraded), then refused / allowed.
+    decisions: [[prometheus::IntCounter; 2]; 3],
+}
+
+impl MetricsObserver {
+    fn new() -> Self {
+        let m = crate::metrics::metrics();
+        let by_mode =
+            |mode: LimitMode| [false, true].map(|allowed| m.limit_decisions(mode.name(), allowed));
+        Self {
+            decisions: [LimitMode::Local, LimitMode::Global, LimitMode::Degraded].map(by_mode),
+        }
+    }
+}
 
 impl LimitObserver for MetricsObserver {
     fn decision(&self, mode: LimitMode, allowed: bool) {
-        crate::metrics::metrics().limit_decision(mode.name(), allowed);
+        let by_mode = match mode {
+            LimitMode::Local => &self.decisions[0],
+            LimitMode::Global => &self.decisions[1],
+            LimitMode::Degraded => &self.decisions[2],
+        };
+        by_mode[usize::from(allowed)].inc();
     }
 
     fn store_call(&self, latency: Duration, ok: bool) {

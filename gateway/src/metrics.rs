@@ -228,12 +228,10 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts a cluster-wide rate limit's decision.
-    pub(crate) fn limit_decision(&self, mode: &str, allowed: bool) {
+    /// The counter of a cluster-wide rate limit's decisions in `mode` with one result.
+    pub(crate) fn limit_decisions(&self, mode: &str, allowed: bool) -> IntCounter {
         let result = if allowed { "allowed" } else { "refused" };
-        self.limit_decisions
-            .with_label_values(&[mode, result])
-            .inc();
+        self.limit_decisions.with_label_values(&[mode, result])
     }
 
     /// Records a limit store call.

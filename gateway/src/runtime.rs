@@ -54,6 +54,8 @@ pub(crate) struct Runtime {
     pub clusters: Vec<Arc<Cluster>>,
     /// The `Via` entry this gateway adds (`1.1 NAME`).
     pub via: HeaderValue,
+    /// The `Via` entry for requests received over HTTP/2 (`2 NAME`).
+    pub via_h2: HeaderValue,
     /// Access log settings.
     pub access_log: AccessLogSettings,
     /// The global filters alone, for requests no route matches.
@@ -188,10 +190,13 @@ impl Runtime {
         }
         let via = HeaderValue::from_str(&format!("1.1 {}", config.server.via))
             .unwrap_or_else(|_| HeaderValue::from_static("1.1 gateway"));
+        let via_h2 = HeaderValue::from_str(&format!("2 {}", config.server.via))
+            .unwrap_or_else(|_| HeaderValue::from_static("2 gateway"));
         Self {
             routes,
             clusters,
             via,
+            via_h2,
             access_log: config.access_log.clone(),
             default_chain: FilterChain::new(global),
             kept_filters,

@@ -448,7 +448,10 @@ impl ProxyHttp for GatewayProxy {
         ctx.trace
             .attempt_answered(status, exchange.is_failure_status(status));
         let route = exchange.route().clone();
-        let key = last_good_key(session.req_header());
+        let key = route
+            .last_good
+            .as_ref()
+            .and_then(|_| last_good_key(session.req_header()));
         let local_answer = || {
             let cached = match (&route.last_good, &key) {
                 (Some(lg), Some(k)) => lg.answer(k, now).is_some(),
@@ -521,7 +524,7 @@ impl ProxyHttp for GatewayProxy {
         }
         let via = appended(
             resp.headers.get(VIA),
-            &via_entry(&ctx.runtime, session.req_header().version),
+            via_entry(&ctx.runtime, session.req_header().version),
         );
         if let Some(v) = via {
             resp.insert_header(VIA, v)?;
