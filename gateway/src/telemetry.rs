@@ -154,8 +154,16 @@ impl RequestTrace {
     }
 
     /// The trace id (valid for every request).
+    #[cfg(test)]
     pub(crate) fn trace_id(&self) -> TraceId {
         self.trace_id
+    }
+
+    /// The trace id as 32 lowercase hex digits (for the access log), without `fmt`.
+    pub(crate) fn trace_id_hex(&self) -> TraceIdHex {
+        let mut out = [0u8; 32];
+        hex_into(&mut out, &self.trace_id.to_bytes());
+        TraceIdHex(out)
     }
 
     /// Names the server span after the matched route (`GET orders`), as `http.route` does.
@@ -294,21 +302,33 @@ fn context_headers(sc: &SpanContext) -> (Option<HeaderValue>, Option<HeaderValue
     )
 }
 
+/// A trace id in lowercase hex.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TraceIdHex([u8; 32]);
+
+impl TraceIdHex {
+    pub(crate) fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or("-")
+    }
+}
+
+/// Writes `bytes` as lowercase hex into the start of `out` (two digits per byte).
+fn hex_into(out: &mut [u8], bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
+    }
+}
+
 /// The W3C `traceparent` value `00-{trace id}-{span id}-{flags}`, lowercase hex.
 fn traceparent(trace: [u8; 16], span: [u8; 8], flags: u8) -> [u8; 55] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = [b'-'; 55];
     out[0] = b'0';
     out[1] = b'0';
-    let mut put = |at: usize, bytes: &[u8]| {
-        for (i, b) in bytes.iter().enumerate() {
-            out[at + 2 * i] = HEX[usize::from(b >> 4)];
-            out[at + 2 * i + 1] = HEX[usize::from(b & 0xf)];
-        }
-    };
-    put(3, &trace);
-    put(36, &span);
-    put(53, &[flags]);
+    hex_into(&mut out[3..35], &trace);
+    hex_into(&mut out[36..52], &span);
+    hex_into(&mut out[53..55], &[flags]);
     out
 }
 
@@ -333,6 +353,10 @@ mod tests {
         h.insert(TRACESTATE, HeaderValue::from_static("vendor=x"));
         let t = RequestTrace::start(&h, "GET", "/", None, SystemTime::now());
         assert_eq!(t.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(
+            t.trace_id_hex().as_str(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
         let (parent, state) = t.upstream_headers();
         assert_eq!(
             parent.expect("traceparent"),

@@ -77,7 +77,7 @@ pub(super) fn record(session: &Session, ctx: &mut RequestCtx) {
         return;
     }
     let req = session.req_header();
-    let trace_id = ctx.trace.trace_id().to_string();
+    let trace_id = ctx.trace.trace_id_hex();
     let grpc_status = session
         .response_written()
         .filter(|r| crate::grpc::is_grpc(&r.headers))
@@ -110,7 +110,7 @@ pub(super) fn record(session: &Session, ctx: &mut RequestCtx) {
             .as_ref()
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-"),
-        trace_id: &trace_id,
+        trace_id: trace_id.as_str(),
         client: ctx.client_ip,
         reason: &reason,
     });
