@@ -213,14 +213,7 @@ async fn one_kv_document_configures_every_gateway_and_a_bad_one_is_refused_by_ea
     let c = Gateway::start(&version("1")).await;
     let fleet = [&a, &b, &c];
     let http = client();
-    let put = |text: String| {
-        let url = format!("http://{}/v1/kv/fleet/gateway.toml", agent.address());
-        let http = http.clone();
-        async move {
-            let r = http.put(url).body(text).send().await.expect("kv put");
-            assert!(r.status().is_success());
-        }
-    };
+    let put = |text: String| agent.put_kv("fleet/gateway.toml", text);
     // One document for the fleet: the gateways run on one machine here, so its listener
     // and admin addresses are `a`'s; the others keep theirs (pending a restart) and take
     // everything else.

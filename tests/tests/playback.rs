@@ -102,10 +102,7 @@ impl Svc {
     }
 
     fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        harness::kill(&mut self.child);
     }
 
     fn url(&self, path: &str) -> String {

@@ -335,14 +335,7 @@ async fn a_consul_kv_change_reconfigures_the_gateway() {
     let j = config_status(&http, &gw).await;
     assert_eq!(j["sources"]["consul_kv"], "edge/gateway.toml");
 
-    let put = |text: String| {
-        let url = format!("http://{}/v1/kv/edge/gateway.toml", agent.address());
-        let http = http.clone();
-        async move {
-            let r = http.put(url).body(text).send().await.expect("kv put");
-            assert!(r.status().is_success());
-        }
-    };
+    let put = |text: String| agent.put_kv("edge/gateway.toml", text);
     put(gw.config_for(&format!("{kv}{}", version(&a, &b, "b", 1, 5000)))).await;
     wait_generation(&http, &gw, 2).await;
     let j = config_status(&http, &gw).await;

@@ -126,12 +126,21 @@ impl ConsulAgent {
             .expect("consul json")
     }
 
+    /// Writes `text` under the KV `key`.
+    pub async fn put_kv(&self, key: &str, text: String) {
+        let url = format!("http://{}/v1/kv/{key}", self.address());
+        let r = reqwest::Client::new()
+            .put(url)
+            .body(text)
+            .send()
+            .await
+            .expect("kv put");
+        assert!(r.status().is_success(), "kv put answered {}", r.status());
+    }
+
     /// Kills the agent (as a crash or a host going away would).
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill(&mut self.child);
     }
 
     /// Starts the agent again on the same ports and waits for it.

@@ -7,6 +7,14 @@ pub fn exited(child: &mut Option<Child>) -> Option<ExitStatus> {
     child.as_mut().and_then(|c| c.try_wait().ok().flatten())
 }
 
+/// Kills `child` and reaps it, if it is still there.
+pub fn kill(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
 /// A child process that is killed when dropped (also when a test fails).
 #[derive(Debug)]
 pub struct Process(pub(super) Option<Child>);
@@ -51,10 +59,7 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill(&mut self.0);
     }
 }
 

@@ -72,10 +72,7 @@ impl RedisServer {
 
     /// Kills the server (its data is gone: nothing is persisted).
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill(&mut self.child);
     }
 
     /// Starts it again on the same port, empty.
