@@ -68,7 +68,10 @@ impl GatewayError {
         match self {
             Self::NoRoute => 404,
             Self::Upstream(f) => match f {
-                Failure::NoEndpoints | Failure::CircuitOpen | Failure::BulkheadFull => 503,
+                Failure::NoEndpoints
+                | Failure::CircuitOpen
+                | Failure::BulkheadFull
+                | Failure::Shed => 503,
                 Failure::Connect | Failure::Reset | Failure::Status(_) | Failure::BadResponse => {
                     502
                 }
@@ -95,6 +98,7 @@ impl GatewayError {
                 Failure::BulkheadFull => "bulkhead_full",
                 Failure::Status(_) => "upstream_error_status",
                 Failure::BadResponse => "upstream_headers_too_large",
+                Failure::Shed => "overloaded",
             },
             Self::BadRequest => "bad_request",
             Self::Internal => "internal_error",
@@ -126,6 +130,9 @@ impl GatewayError {
                 Failure::BadResponse => {
                     "the upstream response headers are larger than the gateway accepts"
                 }
+                Failure::Shed => {
+                    "the gateway is shedding load at this request's priority; retry later"
+                }
             },
             Self::BadRequest => "the request could not be proxied",
             Self::Internal => "internal gateway error",
@@ -145,6 +152,21 @@ impl GatewayError {
                 }
             },
         }
+    }
+
+    /// The gRPC status a gRPC client gets instead of the one its HTTP status maps to: a shed
+    /// call is `RESOURCE_EXHAUSTED` (8), as gRPC servers answer when they shed.
+    pub(crate) fn grpc_status(self) -> Option<u32> {
+        matches!(self, Self::Upstream(Failure::Shed)).then_some(8)
+    }
+
+    /// Whether the client should be told when to come back (`Retry-After`): refusals that
+    /// pass on their own (shed, a full bulkhead, an open breaker).
+    pub(crate) fn retry_after(self) -> bool {
+        matches!(
+            self,
+            Self::Upstream(Failure::Shed | Failure::BulkheadFull | Failure::CircuitOpen)
+        )
     }
 
     /// The JSON body sent to the client.

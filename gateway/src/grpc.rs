@@ -42,8 +42,15 @@ fn encode_message(text: &str) -> String {
 /// Turns a local reply into a trailers-only gRPC response with `message` as its
 /// `grpc-message`, keeping its other headers (`www-authenticate`, rate-limit headers, the
 /// request id). The body is dropped by the caller; nothing here reads it.
-pub(crate) fn into_grpc(status: &mut StatusCode, headers: &mut HeaderMap, message: &str) {
-    let code = status_for(*status);
+///
+/// `code` overrides the gRPC status the HTTP status maps to.
+pub(crate) fn into_grpc(
+    status: &mut StatusCode,
+    headers: &mut HeaderMap,
+    message: &str,
+    code: Option<u32>,
+) {
+    let code = code.unwrap_or_else(|| status_for(*status));
     let message = encode_message(message);
     *status = StatusCode::OK;
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
@@ -74,7 +81,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert("www-authenticate", HeaderValue::from_static("Bearer"));
-        into_grpc(&mut status, &mut headers, "token expired 100% é");
+        into_grpc(&mut status, &mut headers, "token expired 100% é", None);
         assert_eq!(status, StatusCode::OK);
         assert!(is_grpc(&headers));
         assert_eq!(headers["grpc-status"], "16");

@@ -19,6 +19,7 @@ mod fleet;
 mod grpc;
 mod hystrix;
 mod metrics;
+mod overload;
 mod proxy;
 mod reload;
 mod router;

@@ -16,7 +16,7 @@ use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use resilience::{BreakerConfig, Event, RollingMetrics, State};
+use resilience::{BreakerConfig, Class, Event, LimiterSnapshot, RollingMetrics, State};
 
 /// Buckets of the request and upstream latency histograms, in seconds.
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -50,6 +50,8 @@ pub(crate) struct Metrics {
     attempts: IntCounterVec,
     upstream_duration: HistogramVec,
     bulkhead_rejections: IntCounterVec,
+    shed: IntCounterVec,
+    retries_shed: IntCounterVec,
     budget_exhausted: IntCounterVec,
     breaker_transitions: IntCounterVec,
     config_reloads: IntCounterVec,
@@ -58,6 +60,11 @@ pub(crate) struct Metrics {
     breaker_error_percent: IntGaugeVec,
     bulkhead_in_use: IntGaugeVec,
     bulkhead_max: IntGaugeVec,
+    limit: IntGaugeVec,
+    limit_in_flight: IntGaugeVec,
+    limit_queued: IntGaugeVec,
+    limit_min_rtt: GaugeVec,
+    limit_sample_rtt: GaugeVec,
     budget_available: GaugeVec,
     endpoints: IntGaugeVec,
     discovery_up: IntGaugeVec,
@@ -125,6 +132,8 @@ impl Metrics {
             attempts: family!(reg, IntCounterVec, "gateway_upstream_attempts_total", "Upstream attempts by outcome (success, failure, timeout).", &["cluster", "outcome"]),
             upstream_duration: histogram_family(reg, "gateway_upstream_duration_seconds", "Time from an attempt's start to the upstream's response headers (or its failure).", &["cluster"]),
             bulkhead_rejections: family!(reg, IntCounterVec, "gateway_bulkhead_rejections_total", "Requests the cluster's bulkhead refused (full, or the queue wait ran out).", &["cluster"]),
+            shed: family!(reg, IntCounterVec, "gateway_shed_total", "Requests shed by a concurrency limit (scope cluster: the cluster's limit; inbound: the gateway's own), by priority class. Not failures: no breaker counts them.", &["scope", "cluster", "priority"]),
+            retries_shed: family!(reg, IntCounterVec, "gateway_retries_shed_total", "Retries not made because the cluster's concurrency limit had no room at the retry's lower priority.", &["cluster"]),
             budget_exhausted: family!(reg, IntCounterVec, "gateway_retry_budget_exhausted_total", "Retries the policy wanted but the cluster's retry budget refused.", &["cluster"]),
             breaker_transitions: family!(reg, IntCounterVec, "gateway_circuit_breaker_transitions_total", "Circuit breaker state changes.", &["cluster", "from", "to"]),
             config_reloads: family!(reg, IntCounterVec, "gateway_config_reloads_total", "Config reload attempts by result (applied, unchanged, rejected) and source.", &["result", "source"]),
@@ -132,6 +141,11 @@ impl Metrics {
             breaker_error_percent: family!(reg, IntGaugeVec, "gateway_circuit_breaker_error_percent", "Error percentage in the breaker's rolling window.", &["cluster"]),
             bulkhead_in_use: family!(reg, IntGaugeVec, "gateway_bulkhead_in_use", "Bulkhead slots taken.", &["cluster"]),
             bulkhead_max: family!(reg, IntGaugeVec, "gateway_bulkhead_max_concurrent", "Bulkhead size.", &["cluster"]),
+            limit: family!(reg, IntGaugeVec, "gateway_concurrency_limit", "The concurrency limit now (adaptive limits move with the origin's latency and drops).", &["scope", "cluster"]),
+            limit_in_flight: family!(reg, IntGaugeVec, "gateway_concurrency_in_flight", "Requests holding a slot of the concurrency limit.", &["scope", "cluster"]),
+            limit_queued: family!(reg, IntGaugeVec, "gateway_concurrency_queued", "Requests waiting for a slot of the concurrency limit.", &["scope", "cluster"]),
+            limit_min_rtt: family!(reg, GaugeVec, "gateway_concurrency_min_rtt_seconds", "The adaptive limit's baseline: the minimum round trip over its min_rtt_window.", &["cluster"]),
+            limit_sample_rtt: family!(reg, GaugeVec, "gateway_concurrency_sample_rtt_seconds", "The adaptive limit's last judged window: mean round trip.", &["cluster"]),
             budget_available: family!(reg, GaugeVec, "gateway_retry_budget_available", "Retries the cluster's budget would allow now.", &["cluster"]),
             endpoints: family!(reg, IntGaugeVec, "gateway_cluster_endpoints", "Endpoints by state (serving, ejected by outlier detection).", &["cluster", "state"]),
             discovery_up: family!(reg, IntGaugeVec, "gateway_discovery_up", "1 when the cluster's discovery source answered its last query.", &["cluster", "source"]),
@@ -188,8 +202,18 @@ impl Metrics {
             timeout: outcome("timeout"),
             upstream_duration: self.upstream_duration.with_label_values(&[cluster]),
             bulkhead_rejections: self.bulkhead_rejections.with_label_values(&[cluster]),
+            shed: Class::ALL.map(|c| {
+                self.shed
+                    .with_label_values(&["cluster", cluster, c.as_str()])
+            }),
+            retries_shed: self.retries_shed.with_label_values(&[cluster]),
             budget_exhausted: self.budget_exhausted.with_label_values(&[cluster]),
         }
+    }
+
+    /// The gateway's inbound shed counters, per class in [`Class::ALL`] order.
+    pub(crate) fn inbound_shed(&self) -> [IntCounter; 3] {
+        Class::ALL.map(|c| self.shed.with_label_values(&["inbound", "-", c.as_str()]))
     }
 
     /// Counts a breaker's state change.
@@ -264,12 +288,36 @@ impl Metrics {
         String::from_utf8(out).unwrap_or_default()
     }
 
+    fn set_limiter(&self, scope: &str, name: &str, l: &LimiterSnapshot) {
+        let labels = [scope, name];
+        self.limit.with_label_values(&labels).set(l.limit as i64);
+        self.limit_in_flight
+            .with_label_values(&labels)
+            .set(l.in_flight as i64);
+        self.limit_queued
+            .with_label_values(&labels)
+            .set(l.queued as i64);
+        if let Some(rtt) = l.min_rtt {
+            self.limit_min_rtt
+                .with_label_values(&[name])
+                .set(rtt.as_secs_f64());
+        }
+        if let Some(rtt) = l.sample_rtt {
+            self.limit_sample_rtt
+                .with_label_values(&[name])
+                .set(rtt.as_secs_f64());
+        }
+    }
+
     fn set_state(&self, scrape: &Scrape) {
         for family in [
             &self.breaker_state,
             &self.breaker_error_percent,
             &self.bulkhead_in_use,
             &self.bulkhead_max,
+            &self.limit,
+            &self.limit_in_flight,
+            &self.limit_queued,
             &self.endpoints,
             &self.discovery_up,
             &self.discovery_errors,
@@ -278,6 +326,11 @@ impl Metrics {
         }
         self.budget_available.reset();
         self.discovery_staleness.reset();
+        self.limit_min_rtt.reset();
+        self.limit_sample_rtt.reset();
+        if let Some(l) = &scrape.inbound {
+            self.set_limiter("inbound", "-", l);
+        }
         for c in &scrape.clusters {
             let name = c.name.as_str();
             if let Some((state, error_percent)) = c.breaker {
@@ -299,6 +352,9 @@ impl Metrics {
             self.budget_available
                 .with_label_values(&[name])
                 .set(c.budget_available as f64);
+            if let Some(l) = &c.limiter {
+                self.set_limiter("cluster", name, l);
+            }
             self.endpoints
                 .with_label_values(&[name, "serving"])
                 .set(c.serving as i64);
@@ -339,6 +395,8 @@ pub(crate) struct Scrape {
     pub(crate) config: Option<(u64, u64)>,
     pub(crate) in_flight: u64,
     pub(crate) draining: bool,
+    /// The gateway's inbound limit, when it has one.
+    pub(crate) inbound: Option<LimiterSnapshot>,
 }
 
 /// One cluster's state gauges.
@@ -349,6 +407,8 @@ pub(crate) struct ClusterScrape {
     pub(crate) breaker: Option<(State, u8)>,
     pub(crate) bulkhead_in_use: usize,
     pub(crate) bulkhead_max: usize,
+    /// The adaptive concurrency limit, when the cluster has one.
+    pub(crate) limiter: Option<LimiterSnapshot>,
     pub(crate) budget_available: u64,
     pub(crate) serving: usize,
     pub(crate) ejected: usize,
@@ -496,6 +556,10 @@ pub(crate) struct ClusterMetrics {
     upstream_duration: Histogram,
     /// Bulkhead refusals.
     pub bulkhead_rejections: IntCounter,
+    /// Requests the concurrency limit shed, per class in [`Class::ALL`] order.
+    pub shed: [IntCounter; 3],
+    /// Retries the concurrency limit had no room for.
+    pub retries_shed: IntCounter,
     /// Retries the budget refused.
     pub budget_exhausted: IntCounter,
 }

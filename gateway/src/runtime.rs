@@ -72,6 +72,8 @@ pub(crate) struct Runtime {
     pub admin: crate::config::AdminSettings,
     /// The store of this version's cluster-wide rate limits, if it names one.
     pub limit_store: Option<Arc<redis_store::RedisStore>>,
+    /// The inbound limit and the sources of request priority.
+    pub overload: crate::overload::Overload,
 }
 
 impl Runtime {
@@ -209,6 +211,10 @@ impl Runtime {
             default_edge: crate::edge::ListenerEdge::default(),
             admin: config.admin.clone(),
             limit_store: crate::fleet::store_of(config.redis.as_ref()),
+            overload: crate::overload::Overload::build(
+                &config.overload,
+                previous.map(|p| &p.overload),
+            ),
         }
     }
 

@@ -33,6 +33,9 @@ pub enum Failure {
     BulkheadFull,
     /// No usable instance of the dependency.
     NoEndpoints,
+    /// The concurrency limiter shed the call (the limit was reached for its priority). The
+    /// caller's protection, never the dependency's failure: no breaker ever records it.
+    Shed,
 }
 
 impl Failure {
@@ -50,7 +53,7 @@ impl Failure {
     pub fn is_refusal(self) -> bool {
         matches!(
             self,
-            Self::CircuitOpen | Self::BulkheadFull | Self::NoEndpoints
+            Self::CircuitOpen | Self::BulkheadFull | Self::NoEndpoints | Self::Shed
         )
     }
 
@@ -66,7 +69,7 @@ impl Failure {
     pub fn event(self) -> Event {
         match self {
             Self::CircuitOpen => Event::ShortCircuited,
-            Self::BulkheadFull => Event::Rejected,
+            Self::BulkheadFull | Self::Shed => Event::Rejected,
             Self::ConnectTimeout | Self::Timeout => Event::Timeout,
             Self::Connect
             | Self::Reset
@@ -88,6 +91,7 @@ impl Failure {
             Self::CircuitOpen => "circuit_open".into(),
             Self::BulkheadFull => "bulkhead_full".into(),
             Self::NoEndpoints => "no_endpoints".into(),
+            Self::Shed => "overloaded".into(),
         }
     }
 }
@@ -162,17 +166,20 @@ pub enum Condition {
     BulkheadFull,
     /// `no_endpoints`: no usable instance.
     NoEndpoints,
+    /// `overloaded`: the concurrency limiter shed the call.
+    Overloaded,
 }
 
 impl Condition {
     /// Every condition, in a fixed order.
-    pub const ALL: [Condition; 6] = [
+    pub const ALL: [Condition; 7] = [
         Self::ConnectFailure,
         Self::Timeout,
         Self::Reset,
         Self::CircuitOpen,
         Self::BulkheadFull,
         Self::NoEndpoints,
+        Self::Overloaded,
     ];
 
     /// The name config uses.
@@ -184,6 +191,7 @@ impl Condition {
             Self::CircuitOpen => "circuit_open",
             Self::BulkheadFull => "bulkhead_full",
             Self::NoEndpoints => "no_endpoints",
+            Self::Overloaded => "overloaded",
         }
     }
 
@@ -258,6 +266,7 @@ impl FailureSet {
             Failure::CircuitOpen => self.has(Condition::CircuitOpen),
             Failure::BulkheadFull => self.has(Condition::BulkheadFull),
             Failure::NoEndpoints => self.has(Condition::NoEndpoints),
+            Failure::Shed => self.has(Condition::Overloaded),
         }
     }
 }
@@ -308,5 +317,7 @@ mod tests {
         assert_eq!(Failure::Status(500).reason(), "status_500");
         assert!(!Failure::Connect.sent() && Failure::Reset.sent());
         assert!(Failure::NoEndpoints.is_refusal() && !Failure::Reset.is_refusal());
+        assert!(Failure::Shed.is_refusal() && !Failure::Shed.sent());
+        assert_eq!(Failure::Shed.event(), Event::Rejected);
     }
 }

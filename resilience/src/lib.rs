@@ -1,6 +1,9 @@
 //! Resilience policies with Hystrix's semantics: a circuit breaker, a bulkhead, a retry budget
 //! and the rolling metrics they share.
 //!
+//! A concurrency limiter ([`ConcurrencyLimiter`]) with a fixed or adaptive limit
+//! ([`GradientLimit`]) sheds by [`Priority`] when the limit is reached.
+//!
 //! One classification of failures ([`Failure`]) and the sets policies cover ([`FailureSet`])
 //! are shared by the retry rule ([`RetryPolicy`]), fallbacks and the breaker.
 //!
@@ -15,6 +18,7 @@ mod breaker;
 mod budget;
 mod bulkhead;
 mod failure;
+mod limit;
 mod retry;
 mod window;
 
@@ -28,5 +32,9 @@ pub use breaker::{
 pub use budget::{BudgetConfig, BudgetSnapshot, RetryBudget};
 pub use bulkhead::{Bulkhead, BulkheadConfig, BulkheadPermit, BulkheadSnapshot, Rejected};
 pub use failure::{Condition, Failure, FailureSet, StatusSet};
+pub use limit::{
+    Class, ConcurrencyLimiter, GradientConfig, GradientLimit, LimitConfig, LimitPermit,
+    LimiterConfig, LimiterSnapshot, Priority, Sample, Shed,
+};
 pub use retry::{RetryDecision, RetryPolicy};
 pub use window::{Counts, Event, Latency, RollingMetrics};

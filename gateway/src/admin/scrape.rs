@@ -27,6 +27,7 @@ pub(super) fn scrape(state: &GatewayState, reloader: Option<&Reloader>) -> Scrap
                 }),
                 bulkhead_in_use: bulkhead.in_use,
                 bulkhead_max: bulkhead.config.max_concurrent,
+                limiter: c.limiter().map(|l| l.snapshot()),
                 budget_available: budget.allowed.saturating_sub(budget.retries),
                 serving,
                 ejected,
@@ -49,5 +50,10 @@ pub(super) fn scrape(state: &GatewayState, reloader: Option<&Reloader>) -> Scrap
         }),
         in_flight: state.in_flight(),
         draining: state.is_draining(),
+        inbound: runtime
+            .overload
+            .inbound
+            .as_ref()
+            .map(|i| i.limiter.snapshot()),
     }
 }

@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use discovery::{Endpoint, EndpointSet, SourceHealth};
 use pingora::protocols::ALPN;
 use pingora::upstreams::peer::HttpPeer;
-use resilience::{Bulkhead, CircuitBreaker, RetryBudget, Transition};
+use resilience::{Bulkhead, CircuitBreaker, ConcurrencyLimiter, RetryBudget, Transition};
 use serde::Serialize;
 
 use crate::config::{ClusterSpec, EndpointSource, LoadBalancing, UpstreamProtocol};
@@ -151,6 +151,8 @@ pub(crate) struct Cluster {
     discovery: OnceLock<(&'static str, tokio::sync::watch::Receiver<SourceHealth>)>,
     breaker: Option<Arc<CircuitBreaker>>,
     bulkhead: Bulkhead,
+    /// The adaptive concurrency limit, in the bulkhead's place when configured.
+    limiter: Option<ConcurrencyLimiter>,
     budget: RetryBudget,
     metrics: ClusterMetrics,
 }
@@ -179,6 +181,9 @@ impl Cluster {
             )
         });
         let bulkhead = Bulkhead::new(policy.bulkhead.config);
+        let limiter = policy
+            .concurrency
+            .map(|a| ConcurrencyLimiter::new(a.limiter, now));
         let budget = RetryBudget::new(policy.budget, now);
         let spec_name = spec.name.clone();
         Self {
@@ -188,9 +193,15 @@ impl Cluster {
             discovery: OnceLock::new(),
             breaker,
             bulkhead,
+            limiter,
             budget,
             metrics: crate::metrics::metrics().cluster(&spec_name),
         }
+    }
+
+    /// The adaptive concurrency limit, when the cluster has one instead of a bulkhead.
+    pub(crate) fn limiter(&self) -> Option<&ConcurrencyLimiter> {
+        self.limiter.as_ref()
     }
 
     /// The cluster's Prometheus series.
@@ -507,7 +518,26 @@ pub(crate) struct EndpointStatus {
     ejections: u32,
 }
 
-/// Admin view of a cluster's breaker, bulkhead and retry budget.
+/// Admin view of a concurrency limit (a cluster's adaptive one, or the gateway's inbound
+/// one): the limit, in-flight, waiters, RTTs and what it shed per class.
+pub(crate) fn limiter_status(l: &resilience::LimiterSnapshot) -> serde_json::Value {
+    let mut shed = serde_json::Map::new();
+    for c in resilience::Class::ALL {
+        shed.insert(c.as_str().to_owned(), l.shed[c.index()].into());
+    }
+    serde_json::json!({
+        "adaptive": l.adaptive,
+        "limit": l.limit,
+        "in_flight": l.in_flight,
+        "queued": l.queued,
+        "min_rtt_ms": l.min_rtt.map(|d| d.as_secs_f64() * 1000.0),
+        "sample_rtt_ms": l.sample_rtt.map(|d| d.as_secs_f64() * 1000.0),
+        "shed": shed,
+        "drops": l.dropped,
+    })
+}
+
+/// Admin view of a cluster's breaker, bulkhead, concurrency limit and retry budget.
 pub(crate) fn resilience_status(cluster: &Cluster, now: Instant) -> serde_json::Value {
     let counts = |c: &resilience::Counts| {
         let mut m = serde_json::Map::new();
@@ -575,6 +605,7 @@ pub(crate) fn resilience_status(cluster: &Cluster, now: Instant) -> serde_json::
             "queued": bh.queued,
             "rejected": bh.rejected,
         },
+        "concurrency_limit": cluster.limiter().map(|l| limiter_status(&l.snapshot())),
         "retry_budget": {
             "requests": budget.requests,
             "retries": budget.retries,

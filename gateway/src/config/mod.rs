@@ -53,6 +53,32 @@ pub(crate) struct Config {
     pub redis: Option<RedisConfig>,
     /// The fleet sharing them (`[fleet]`).
     pub fleet: FleetSettings,
+    /// The inbound limit and the sources of request priority (`[overload]`).
+    pub overload: OverloadSettings,
+}
+
+/// `[overload]`: the gateway's own inbound limit and where request priorities come from.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct OverloadSettings {
+    /// The inbound limit on requests in flight through the gateway (`None`: none).
+    pub inbound: Option<resilience::LimiterConfig>,
+    /// `Retry-After` on shed answers, in seconds.
+    pub retry_after_seconds: u32,
+    /// A request header that sets the priority, and the client networks it is believed from.
+    pub priority_header: Option<(http::HeaderName, Vec<ipnet::IpNet>)>,
+    /// A JWT claim that sets the priority.
+    pub priority_claim: Option<String>,
+}
+
+impl Default for OverloadSettings {
+    fn default() -> Self {
+        Self {
+            inbound: None,
+            retry_after_seconds: 1,
+            priority_header: None,
+            priority_claim: None,
+        }
+    }
 }
 
 /// `[redis]`: where cluster-wide rate limits keep their state.

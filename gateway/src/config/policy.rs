@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
-use resilience::{BreakerConfig, BudgetConfig, BulkheadConfig, FailureSet, RetryPolicy};
+use resilience::{
+    BreakerConfig, BudgetConfig, BulkheadConfig, FailureSet, LimiterConfig, Priority, RetryPolicy,
+    StatusSet,
+};
 
 /// `[clusters.NAME.circuit_breaker]`: `None` when disabled.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +27,15 @@ pub(crate) struct BulkheadSettings {
     pub config: BulkheadConfig,
     /// Longest wait in the queue.
     pub queue_timeout: Duration,
+}
+
+/// `[clusters.NAME.adaptive_concurrency]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct AdaptiveSettings {
+    /// The limit, its shedding reserve and queue.
+    pub limiter: LimiterConfig,
+    /// Origin statuses that count as drops (default 503 and 429).
+    pub drop_statuses: StatusSet,
 }
 
 /// `[clusters.NAME.outlier_detection]`.
@@ -47,6 +59,8 @@ pub(crate) struct ClusterPolicy {
     pub breaker: Option<BreakerSettings>,
     /// The bulkhead.
     pub bulkhead: BulkheadSettings,
+    /// The adaptive concurrency limit that replaces the bulkhead (`None`: the bulkhead).
+    pub concurrency: Option<AdaptiveSettings>,
     /// Default retries of routes to this cluster.
     pub retry: RetryPolicy,
     /// The cluster's retry budget.
@@ -108,4 +122,6 @@ pub(crate) struct RoutePolicy {
     pub retry: Option<RetryPolicy>,
     /// Fallback.
     pub fallback: Option<FallbackSpec>,
+    /// The route's request priority (`None`: degraded, unless a claim or header says).
+    pub priority: Option<Priority>,
 }

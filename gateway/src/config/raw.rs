@@ -37,6 +37,40 @@ pub(crate) struct RawConfig {
     /// The fleet of gateways sharing them (`[fleet]`).
     #[serde(default)]
     pub(crate) fleet: RawFleet,
+    /// The gateway's own inbound limit and where request priorities come from (`[overload]`).
+    pub(crate) overload: Option<Spanned<RawOverload>>,
+}
+
+/// `[overload]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOverload {
+    pub(crate) max_in_flight: Option<Spanned<i64>>,
+    pub(crate) queue_timeout_ms: Option<Spanned<i64>>,
+    pub(crate) reserve_percent: Option<Spanned<i64>>,
+    pub(crate) retry_after_seconds: Option<Spanned<i64>>,
+    pub(crate) priority_header: Option<Spanned<String>>,
+    pub(crate) priority_header_from: Option<Vec<Spanned<String>>>,
+    pub(crate) priority_claim: Option<Spanned<String>>,
+}
+
+/// `[clusters.NAME.adaptive_concurrency]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdaptive {
+    pub(crate) enabled: Option<bool>,
+    pub(crate) initial_limit: Option<Spanned<i64>>,
+    pub(crate) min_limit: Option<Spanned<i64>>,
+    pub(crate) max_limit: Option<Spanned<i64>>,
+    pub(crate) tolerance_percent: Option<Spanned<i64>>,
+    pub(crate) backoff_percent: Option<Spanned<i64>>,
+    pub(crate) window_ms: Option<Spanned<i64>>,
+    pub(crate) min_samples: Option<Spanned<i64>>,
+    pub(crate) min_rtt_window_ms: Option<Spanned<i64>>,
+    pub(crate) queue_timeout_ms: Option<Spanned<i64>>,
+    pub(crate) max_queue: Option<Spanned<i64>>,
+    pub(crate) reserve_percent: Option<Spanned<i64>>,
+    pub(crate) drop_statuses: Option<Spanned<Vec<Spanned<toml::Value>>>>,
 }
 
 /// `[http]` (every listener) and `[listeners.http]` (one listener, over `[http]`): path
@@ -221,6 +255,7 @@ pub(crate) struct RawCluster {
     pub(crate) timeout_ms: Option<Spanned<i64>>,
     pub(crate) circuit_breaker: Option<Spanned<RawBreaker>>,
     pub(crate) bulkhead: Option<Spanned<RawBulkhead>>,
+    pub(crate) adaptive_concurrency: Option<Spanned<RawAdaptive>>,
     pub(crate) retry: Option<Spanned<RawRetry>>,
     pub(crate) outlier_detection: Option<Spanned<RawOutlier>>,
 }
@@ -322,6 +357,8 @@ pub(crate) struct RawRoute {
     pub(crate) per_try_timeout_ms: Option<Spanned<i64>>,
     pub(crate) retry: Option<Spanned<RawRetry>>,
     pub(crate) fallback: Option<Spanned<RawFallback>>,
+    /// `"critical"`, `"degraded"`, `"non_critical"` or a score 0-100.
+    pub(crate) priority: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Debug, Deserialize)]

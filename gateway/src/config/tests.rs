@@ -304,6 +304,34 @@ fn resilience_mistakes_are_reported() {
             "[[routes]]\nname = \"r\"\ncluster = \"a\"\n[routes.fallback]\ncluster = \"a\"\n",
             "names the route's own cluster",
         ),
+        (
+            "[clusters.a.bulkhead]\nmax_concurrent = 4\n[clusters.a.adaptive_concurrency]\n",
+            "has both a bulkhead and an adaptive_concurrency limit",
+        ),
+        (
+            "[clusters.a.adaptive_concurrency]\nmin_limit = 50\nmax_limit = 10\n",
+            "min_limit 50 is above max_limit 10",
+        ),
+        (
+            "[clusters.a.adaptive_concurrency]\ntolerance_percent = 90\n",
+            "tolerance_percent = 90 is out of range",
+        ),
+        (
+            "[[routes]]\nname = \"r\"\ncluster = \"a\"\npriority = \"urgent\"\n",
+            "priority of route `r`: `urgent` is not a priority",
+        ),
+        (
+            "[[routes]]\nname = \"r\"\ncluster = \"a\"\npriority = 101\n",
+            "101 is not a score from 0 to 100",
+        ),
+        (
+            "[overload]\npriority_header = \"x-priority\"\n",
+            "any client could raise its own priority",
+        ),
+        (
+            "[overload]\nmax_in_flight = 0\n",
+            "max_in_flight = 0 is out of range",
+        ),
     ];
     for (extra, expected) in cases {
         let text = if extra.contains("[[routes]]") {
@@ -314,6 +342,41 @@ fn resilience_mistakes_are_reported() {
         let e = Config::parse(&text, Path::new("t.toml")).expect_err(expected);
         assert!(e.to_string().contains(expected), "{expected:?} not in {e}");
     }
+}
+
+#[test]
+fn overload_settings_are_typed() {
+    let text = "[[listeners]]\naddress = \"127.0.0.1:1\"\n\
+        [overload]\nmax_in_flight = 500\nretry_after_seconds = 3\npriority_claim = \"prio\"\n\
+        priority_header = \"X-Priority\"\npriority_header_from = [\"10.0.0.0/8\", \"127.0.0.1\"]\n\
+        [clusters.a]\nendpoints = [\"127.0.0.1:2\"]\n\
+        [clusters.a.adaptive_concurrency]\nmin_limit = 2\nmax_limit = 64\ntolerance_percent = 150\n\
+        queue_timeout_ms = 0\ndrop_statuses = [503]\n\
+        [[routes]]\nname = \"play\"\ncluster = \"a\"\npath_prefix = \"/play\"\npriority = \"critical\"\n\
+        [[routes]]\nname = \"events\"\ncluster = \"a\"\npriority = 10\n";
+    let cfg = parse(text).expect("valid");
+    let a = cfg.clusters[0].policy.concurrency.expect("adaptive");
+    let resilience::LimitConfig::Gradient(g) = a.limiter.limit else {
+        panic!("a gradient limit");
+    };
+    assert_eq!((g.min, g.max, g.initial), (2, 64, 20));
+    assert!((g.tolerance - 1.5).abs() < 1e-9);
+    assert!(a.limiter.max_wait.is_zero());
+    assert!(a.drop_statuses.contains(503) && !a.drop_statuses.contains(429));
+    assert_eq!(
+        cfg.routes[0].policy.priority,
+        Some(resilience::Priority::CRITICAL)
+    );
+    assert_eq!(cfg.routes[1].policy.priority.map(|p| p.score()), Some(10));
+    let o = &cfg.overload;
+    assert_eq!(
+        o.inbound.map(|i| i.limit),
+        Some(resilience::LimitConfig::Fixed(500))
+    );
+    assert_eq!(o.retry_after_seconds, 3);
+    assert_eq!(o.priority_claim.as_deref(), Some("prio"));
+    let (name, from) = o.priority_header.as_ref().expect("header");
+    assert_eq!((name.as_str(), from.len()), ("x-priority", 2));
 }
 
 #[test]

@@ -14,10 +14,49 @@ use super::{GatewayProxy, RequestCtx};
 use crate::edge::screen::Refusal;
 use crate::edge::Screen;
 use crate::errors::GatewayError;
+use crate::runtime::Route;
+use resilience::Failure;
 
 impl GatewayProxy {
     /// Screens the request head before anything else (limits, path normalization, client
     /// address; [`crate::edge::screen`]). Returns whether the gateway answered it.
+    /// Decides the request's priority before its filters run (a priority header from an
+    /// untrusted client is removed) and takes a slot of the gateway's inbound limit. A shed
+    /// request is answered here (503, `Retry-After`; gRPC `RESOURCE_EXHAUSTED`) and `true`
+    /// returned.
+    pub(super) async fn admit_inbound(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        route: &Route,
+    ) -> Result<bool> {
+        let overload = &ctx.runtime.overload;
+        if let Some(name) = overload.header_name() {
+            if !overload.trusts(ctx.client_ip) {
+                session.req_header_mut().remove_header(name);
+            }
+        }
+        let headers = &session.req_header().headers;
+        ctx.priority = overload.priority(route.policy.priority, headers, ctx.client_ip);
+        match ctx.runtime.clone().overload.admit(ctx.priority).await {
+            Ok(slot) => {
+                ctx._inbound = slot;
+                Ok(false)
+            }
+            Err(_) => {
+                let error = GatewayError::Upstream(Failure::Shed);
+                ctx.error = Some(error);
+                reply::write(
+                    session,
+                    ctx,
+                    Reply::error(error, ctx, Connection::KeepAlive),
+                )
+                .await?;
+                Ok(true)
+            }
+        }
+    }
+
     pub(super) async fn screen(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let local = session
             .digest()

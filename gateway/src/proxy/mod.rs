@@ -16,7 +16,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
-use resilience::Failure;
+use resilience::{Failure, LimitPermit, Priority};
 
 use crate::edge::HeadLimits;
 use crate::errors::{upstream_failure, GatewayError};
@@ -90,6 +90,10 @@ pub(crate) struct RequestCtx {
     in_proxy_loop: bool,
     /// The W3C trace context and, when tracing is on, the request's spans.
     trace: RequestTrace,
+    /// The request's priority as known before its filters ran (route, trusted header).
+    priority: Priority,
+    /// The request's slot of the gateway's inbound limit, if it has one.
+    _inbound: Option<LimitPermit>,
     /// Holds the request in its route's in-flight gauge.
     _route_flight: Option<RouteInFlight>,
     _in_flight: InFlightGuard,
@@ -139,6 +143,8 @@ impl ProxyHttp for GatewayProxy {
             capture: None,
             in_proxy_loop: false,
             trace: RequestTrace::default(),
+            priority: Priority::default(),
+            _inbound: None,
             _route_flight: None,
             _in_flight: self.state.track(),
         }
@@ -189,6 +195,11 @@ impl ProxyHttp for GatewayProxy {
             ctx.tls,
         );
         ctx.request_id = Some(id);
+        if let Some(route) = ctx.route.clone() {
+            if self.admit_inbound(session, ctx, &route).await? {
+                return Ok(true);
+            }
+        }
         let chain = chain_of(&ctx.runtime, ctx.route.as_deref());
         if !chain.is_empty() {
             if let Flow::Respond(resp) =
@@ -257,7 +268,13 @@ impl ProxyHttp for GatewayProxy {
         let now = Instant::now();
         let req = session.req_header();
         let client_ip = ctx.client_ip;
-        let mut exchange = Exchange::new(route, now);
+        let priority = ctx.runtime.overload.priority_with_identity(
+            route.policy.priority,
+            &req.headers,
+            client_ip,
+            ctx.filters.identity(),
+        );
+        let mut exchange = Exchange::new(route, priority, now);
         let admitted = exchange
             .admit(|key| hash_input(key, req, client_ip), now)
             .await;

@@ -32,6 +32,13 @@ pub(super) fn filter_span(ctx: &RequestCtx, status: u16) {
 fn request_events(ctx: &RequestCtx) -> RequestEvents {
     match &ctx.exchange {
         Some(x) if ctx.answered_by.is_none() => x.events(),
+        // Shed by the inbound limit before any exchange: a rejection, as Hystrix counts it.
+        None if ctx.error == Some(GatewayError::Upstream(resilience::Failure::Shed)) => {
+            RequestEvents {
+                execution: Some(Event::Rejected),
+                fallback: None,
+            }
+        }
         _ => RequestEvents::default(),
     }
 }

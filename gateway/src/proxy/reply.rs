@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 use bytes::Bytes;
 use filters::FilterChain;
-use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::StatusCode;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
@@ -32,6 +32,8 @@ pub(super) enum Connection {
 pub(super) struct Reply {
     response: filters::Response,
     grpc_message: Cow<'static, str>,
+    /// A gRPC status other than the one the HTTP status maps to.
+    grpc_status: Option<u32>,
     connection: Connection,
 }
 
@@ -46,6 +48,7 @@ impl Reply {
         Self {
             response,
             grpc_message,
+            grpc_status: None,
             connection,
         }
     }
@@ -69,9 +72,13 @@ impl Reply {
         let h = response.headers_mut();
         h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if error.retry_after() {
+            h.insert(RETRY_AFTER, ctx.runtime.overload.retry_after.clone());
+        }
         Self {
             response,
             grpc_message: Cow::Borrowed(error.code()),
+            grpc_status: error.grpc_status(),
             connection,
         }
     }
@@ -107,7 +114,12 @@ pub(super) async fn write(session: &mut Session, ctx: &mut RequestCtx, reply: Re
         chain.on_response(&mut head, &mut ctx.filters).await;
     }
     if crate::grpc::is_grpc(&session.req_header().headers) && !crate::grpc::is_grpc(&head.headers) {
-        crate::grpc::into_grpc(&mut head.status, &mut head.headers, &reply.grpc_message);
+        crate::grpc::into_grpc(
+            &mut head.status,
+            &mut head.headers,
+            &reply.grpc_message,
+            reply.grpc_status,
+        );
         body = Bytes::new();
     }
     let header = ResponseHeader::from(head);

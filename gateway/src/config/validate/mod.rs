@@ -12,6 +12,7 @@ mod cluster;
 mod edge;
 mod filters;
 mod fleet;
+mod overload;
 mod policy;
 mod routes;
 
@@ -77,6 +78,7 @@ pub(super) fn validate(
         .iter()
         .any(|c| matches!(c.endpoints, EndpointSource::Consul(_)));
     let reload = reload_settings(&raw, &mut issues);
+    let overload = overload::overload(&raw, &mut issues);
     let consul = consul_settings(
         &raw,
         uses_consul || reload.consul_kv.is_some() || fleet.register.is_some(),
@@ -100,6 +102,7 @@ pub(super) fn validate(
         h2,
         redis,
         fleet,
+        overload,
     })
 }
 

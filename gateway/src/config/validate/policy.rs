@@ -351,6 +351,7 @@ pub(super) fn cluster_policy(
     ClusterPolicy {
         breaker,
         bulkhead,
+        concurrency: super::overload::adaptive(raw, cluster, issues),
         retry,
         budget,
         outlier,
@@ -499,5 +500,8 @@ pub(super) fn route_policy(
             .map(|_| ms(&r.per_try_timeout_ms, "per_try_timeout_ms", 30_000, issues)),
         retry,
         fallback,
+        priority: r.priority.as_ref().and_then(|p| {
+            super::overload::priority(p, &format!("priority of route `{name}`"), issues)
+        }),
     }
 }

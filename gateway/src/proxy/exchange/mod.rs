@@ -10,7 +10,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use resilience::{BulkheadPermit, Event, Failure, Outcome, Permit, RetryDecision, RetryPolicy};
+use resilience::{
+    BulkheadPermit, Event, Failure, LimitPermit, Outcome, Permit, Priority, RetryDecision,
+    RetryPolicy, Sample,
+};
 
 use crate::cluster::{Cluster, Picked};
 use crate::config::{HashKey, LoadBalancing};
@@ -85,6 +88,14 @@ struct Record {
     upstream_time: Option<Duration>,
 }
 
+/// The request's place at its cluster: a bulkhead slot, or a slot of the adaptive
+/// concurrency limit (which learns from each attempt).
+#[derive(Debug)]
+enum Slot {
+    Bulkhead(#[allow(dead_code)] BulkheadPermit),
+    Limit(LimitPermit),
+}
+
 /// The upstream exchange of one request.
 #[derive(Debug)]
 pub(super) struct Exchange {
@@ -94,8 +105,10 @@ pub(super) struct Exchange {
     /// Why the request moved to the fallback cluster.
     moved: Option<Failure>,
     deadline: Option<Instant>,
-    /// The bulkhead slot of the target, held until the request ends.
-    slot: Option<BulkheadPermit>,
+    /// The request's priority at the cluster's concurrency limit.
+    priority: Priority,
+    /// The bulkhead or limit slot of the target, held until the request ends.
+    slot: Option<Slot>,
     /// Endpoints of the target already tried (retries go elsewhere).
     tried: Vec<SocketAddr>,
     attempts: u32,
@@ -111,9 +124,9 @@ pub(super) struct Exchange {
 }
 
 impl Exchange {
-    /// Starts the exchange of a request on `route` at `now`: the request counts toward the
-    /// cluster's retry budget and its deadline starts.
-    pub(super) fn new(route: Arc<Route>, now: Instant) -> Self {
+    /// Starts the exchange of a request of `priority` on `route` at `now`: the request counts
+    /// toward the cluster's retry budget and its deadline starts.
+    pub(super) fn new(route: Arc<Route>, priority: Priority, now: Instant) -> Self {
         let target = route.cluster.clone();
         target.budget().deposit(now);
         let deadline = route
@@ -126,6 +139,7 @@ impl Exchange {
             target,
             moved: None,
             deadline,
+            priority,
             slot: None,
             tried: Vec::new(),
             attempts: 0,
@@ -232,13 +246,29 @@ impl Exchange {
             None => None,
         };
         if self.slot.is_none() {
+            if let Some(limiter) = cluster.limiter() {
+                match limiter
+                    .acquire_within(self.priority, tokio::time::sleep)
+                    .await
+                {
+                    Ok(slot) => self.slot = Some(Slot::Limit(slot)),
+                    Err(shed) => {
+                        // The gateway's own refusal: no breaker records it.
+                        drop(permit);
+                        cluster.metrics().shed[shed.class().index()].inc();
+                        return Err(Failure::Shed);
+                    }
+                }
+            }
+        }
+        if self.slot.is_none() {
             let wait = cluster.spec().policy.bulkhead.queue_timeout;
             match cluster
                 .bulkhead()
                 .acquire_within(wait, tokio::time::sleep)
                 .await
             {
-                Ok(slot) => self.slot = Some(slot),
+                Ok(slot) => self.slot = Some(Slot::Bulkhead(slot)),
                 Err(_) => {
                     drop(permit);
                     cluster.metrics().bulkhead_rejections.inc();
@@ -295,6 +325,31 @@ impl Exchange {
         (latency, permit)
     }
 
+    /// Feeds the attempt's result to the target's adaptive limit: a drop for timeouts,
+    /// resets and the cluster's drop statuses, else the round trip. Connect failures say
+    /// nothing about the origin's load and are left out.
+    fn sample(&self, result: Result<u16, Failure>, latency: Duration, now: Instant) {
+        let Some(Slot::Limit(slot)) = &self.slot else {
+            return;
+        };
+        let drops = self
+            .target
+            .spec()
+            .policy
+            .concurrency
+            .map(|a| a.drop_statuses)
+            .unwrap_or_default();
+        let sample = match result {
+            Ok(status) if drops.contains(status) => Sample::Dropped,
+            Ok(_) => Sample::Answered(latency),
+            Err(Failure::Status(s)) if drops.contains(s) => Sample::Dropped,
+            Err(Failure::Status(_)) => Sample::Answered(latency),
+            Err(Failure::Timeout | Failure::ConnectTimeout | Failure::Reset) => Sample::Dropped,
+            Err(_) => return,
+        };
+        slot.record(sample, now);
+    }
+
     /// Notes `failure` as the exchange's: the execution's event, or the fallback cluster's
     /// failure once the request moved there.
     fn failed(&mut self, failure: Failure) {
@@ -310,6 +365,7 @@ impl Exchange {
     /// metrics.
     fn attempt_failed(&mut self, failure: Failure, now: Instant) {
         let (latency, permit) = self.end_attempt(now);
+        self.sample(Err(failure), latency, now);
         let outcome = failure.outcome();
         if let Some(p) = permit {
             p.record(outcome, latency, now);
@@ -375,6 +431,9 @@ impl Exchange {
             self.target.budget(),
             now,
         ) {
+            RetryDecision::Retry if !self.limit_admits_retry() => {
+                self.target.metrics().retries_shed.inc();
+            }
             RetryDecision::Retry => {
                 self.retries += 1;
                 self.route.metrics.retried();
@@ -402,6 +461,14 @@ impl Exchange {
             }
             _ => Next::Fail,
         }
+    }
+
+    /// Whether the target's concurrency limit has room for a retry, which ranks below the
+    /// request's first attempt ([`Priority::retry`]).
+    fn limit_admits_retry(&self) -> bool {
+        self.target
+            .limiter()
+            .is_none_or(|l| l.admits_extra(self.priority.retry()))
     }
 
     /// The retry policy in force: the route's override, else the target cluster's.
@@ -454,6 +521,7 @@ impl Exchange {
     ) -> Verdict {
         let failed = self.is_failure_status(status);
         let (latency, permit) = self.end_attempt(now);
+        self.sample(Ok(status), latency, now);
         let outcome = if failed {
             Outcome::Failure
         } else {

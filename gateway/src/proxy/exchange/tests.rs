@@ -32,7 +32,7 @@ fn no_hash(_: &HashKey) -> Vec<u8> {
 
 /// An exchange on the runtime's only route with one attempt under way.
 async fn attempting(rt: &Runtime, now: Instant) -> Exchange {
-    let mut x = Exchange::new(rt.routes[0].clone(), now);
+    let mut x = Exchange::new(rt.routes[0].clone(), Priority::default(), now);
     x.admit(no_hash, now).await.expect("admitted");
     x.begin_attempt(now).expect("an attempt");
     x
@@ -169,7 +169,7 @@ async fn an_open_breaker_moves_the_request_to_the_fallback_cluster_once() {
     let now = Instant::now();
     let breaker = rt.routes[0].cluster.breaker().expect("a breaker").clone();
     breaker.force(Some(resilience::Force::Open), now);
-    let mut x = Exchange::new(rt.routes[0].clone(), now);
+    let mut x = Exchange::new(rt.routes[0].clone(), Priority::default(), now);
     x.admit(no_hash, now)
         .await
         .expect("the fallback cluster admits");
@@ -225,11 +225,11 @@ async fn a_full_bulkhead_rejects_the_attempt() {
     let now = Instant::now();
     let cluster = rt.routes[0].cluster.clone();
     let held = cluster.bulkhead().try_acquire().expect("the only slot");
-    let mut x = Exchange::new(rt.routes[0].clone(), now);
+    let mut x = Exchange::new(rt.routes[0].clone(), Priority::default(), now);
     assert_eq!(x.admit(no_hash, now).await, Err(Failure::BulkheadFull));
     assert_eq!(x.events().execution, Some(Event::Rejected));
     drop(held);
-    let mut x = Exchange::new(rt.routes[0].clone(), now);
+    let mut x = Exchange::new(rt.routes[0].clone(), Priority::default(), now);
     assert_eq!(x.admit(no_hash, now).await, Ok(()), "a slot is free again");
 }
 
@@ -306,4 +306,55 @@ fn breaker_failure_statuses_decide_what_counts_as_a_failure() {
     let plain = runtime(A, "");
     assert!(is_failure_status(&plain.routes[0].cluster, 500));
     assert!(!is_failure_status(&plain.routes[0].cluster, 429));
+}
+
+const ADAPTIVE: &str = "[clusters.a.adaptive_concurrency]\ninitial_limit = 2\nmin_limit = 1\nmax_limit = 10\nreserve_percent = 50\nqueue_timeout_ms = 0\nwindow_ms = 1\nmin_samples = 1\n";
+
+#[tokio::test]
+async fn the_adaptive_limit_sheds_low_priority_first_and_no_breaker_counts_it() {
+    let rt = runtime(&format!("{A}{ADAPTIVE}"), "");
+    let now = Instant::now();
+    let route = rt.routes[0].clone();
+    let critical = Exchange::new(route.clone(), Priority::CRITICAL, now);
+    let mut first = critical;
+    first.admit(no_hash, now).await.expect("under the limit");
+    // One of two slots taken: a score-20 request may use 2 × (1 − 0.5 × 0.8) = 1.2 → 1.
+    let mut low = Exchange::new(route.clone(), Priority::NON_CRITICAL, now);
+    assert_eq!(low.admit(no_hash, now).await, Err(Failure::Shed));
+    assert_eq!(low.events().execution, Some(Event::Rejected));
+    let mut high = Exchange::new(route.clone(), Priority::CRITICAL, now);
+    high.admit(no_hash, now)
+        .await
+        .expect("critical uses the whole limit");
+    let breaker = route.cluster.breaker().expect("default breaker");
+    assert_eq!(
+        breaker.snapshot(now).window.requests(),
+        0,
+        "a shed is no origin failure"
+    );
+    let snap = route.cluster.limiter().expect("limiter").snapshot();
+    assert_eq!((snap.in_flight, snap.shed), (2, [1, 0, 0]));
+}
+
+#[tokio::test]
+async fn drops_cut_the_limit_and_retries_wait_for_room() {
+    let rt = runtime(
+        &format!("{A}{ADAPTIVE}[clusters.a.retry]\nretries = 2\non = [503]\n"),
+        "",
+    );
+    let now = Instant::now();
+    let route = rt.routes[0].clone();
+    let limiter = route.cluster.limiter().expect("limiter").clone();
+    let mut x = Exchange::new(route.clone(), Priority::CRITICAL, now);
+    x.admit(no_hash, now).await.expect("admitted");
+    x.begin_attempt(now).expect("attempt");
+    let later = now + Duration::from_millis(5);
+    // The origin's 503 is a drop: the limit backs off (2 × 0.8 → 1), and with the one slot
+    // taken a retry (ranked 70) has no room.
+    assert_eq!(
+        x.on_error(Failure::Status(503), facts(true), later),
+        Next::Fail
+    );
+    assert_eq!(limiter.limit(), 1);
+    assert_eq!(limiter.snapshot().dropped, 1);
 }

@@ -1,0 +1,223 @@
+//! The adaptive limit: a gradient over the round-trip times of live traffic, with a
+//! multiplicative back-off on drops. Policy only: the limiter feeds it samples and `now`.
+//!
+//! Each sample window (at least `window` long and `min_samples` answers, or any drop):
+//!
+//! - a drop (timeout, reset, an overload status from the origin) in the window cuts the limit
+//!   to `limit × backoff`;
+//! - else the window's mean RTT is compared with the minimum RTT seen over the last
+//!   `min_rtt_window` (a sliding minimum of live answers: no probe windows that pin
+//!   concurrency). Above `tolerance × min`, the origin is queueing: the limit moves toward
+//!   `limit × tolerance × min / mean` (at most halving), the concurrency that keeps queueing
+//!   inside the tolerance by Little's law;
+//! - at or under the tolerance it grows, by `√limit`, but only when the limit was actually
+//!   used in the window (in-flight reached 3/4 of it, or requests had to wait or were shed):
+//!   an idle limit never creeps up;
+//! - always within `[min, max]`.
+
+use std::time::{Duration, Instant};
+
+/// Settings of the gradient limit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GradientConfig {
+    /// The limit before any sample.
+    pub initial: usize,
+    /// The floor.
+    pub min: usize,
+    /// The ceiling.
+    pub max: usize,
+    /// How far the mean RTT may exceed the minimum before the limit shrinks (≥ 1.0).
+    pub tolerance: f64,
+    /// The factor applied on a window with drops (0.5-1.0).
+    pub backoff: f64,
+    /// The shortest sample window.
+    pub window: Duration,
+    /// Answers a window needs before it is judged (a drop ends it regardless).
+    pub min_samples: u32,
+    /// How long a minimum RTT stays the baseline (so an origin that got slower for good is
+    /// re-measured).
+    pub min_rtt_window: Duration,
+}
+
+impl Default for GradientConfig {
+    fn default() -> Self {
+        Self {
+            initial: 20,
+            min: 4,
+            max: 1000,
+            tolerance: 1.25,
+            backoff: 0.8,
+            window: Duration::from_millis(100),
+            min_samples: 10,
+            min_rtt_window: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a finished call tells the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sample {
+    /// The origin answered after this round trip.
+    Answered(Duration),
+    /// The origin dropped the call: a timeout, a reset, an overload status.
+    Dropped,
+}
+
+/// A sliding minimum over two half windows: the smallest of the current and previous halves.
+#[derive(Debug, Clone, Copy)]
+struct SlidingMin {
+    half: Duration,
+    started: Instant,
+    current: Option<Duration>,
+    previous: Option<Duration>,
+}
+
+impl SlidingMin {
+    fn new(window: Duration, now: Instant) -> Self {
+        Self {
+            half: (window / 2).max(Duration::from_millis(1)),
+            started: now,
+            current: None,
+            previous: None,
+        }
+    }
+
+    fn roll(&mut self, now: Instant) {
+        let age = now.saturating_duration_since(self.started);
+        if age >= self.half * 2 {
+            self.previous = None;
+            self.current = None;
+            self.started = now;
+        } else if age >= self.half {
+            self.previous = self.current.take();
+            self.started += self.half;
+        }
+    }
+
+    fn push(&mut self, rtt: Duration, now: Instant) {
+        self.roll(now);
+        self.current = Some(self.current.map_or(rtt, |c| c.min(rtt)));
+    }
+
+    fn get(&self) -> Option<Duration> {
+        match (self.current, self.previous) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// The gradient limit's state.
+#[derive(Debug, Clone)]
+pub struct GradientLimit {
+    config: GradientConfig,
+    limit: f64,
+    min_rtt: SlidingMin,
+    window_started: Instant,
+    sum: Duration,
+    answers: u32,
+    drops: u32,
+    peak_in_flight: usize,
+    contended: bool,
+    last_mean: Option<Duration>,
+}
+
+impl GradientLimit {
+    /// A limit at `config.initial` (kept within `[min, max]`).
+    pub fn new(config: GradientConfig, now: Instant) -> Self {
+        let min = config.min.max(1);
+        let config = GradientConfig {
+            min,
+            max: config.max.max(min),
+            tolerance: config.tolerance.max(1.0),
+            backoff: config.backoff.clamp(0.5, 1.0),
+            ..config
+        };
+        Self {
+            limit: config.initial.clamp(config.min, config.max) as f64,
+            min_rtt: SlidingMin::new(config.min_rtt_window, now),
+            config,
+            window_started: now,
+            sum: Duration::ZERO,
+            answers: 0,
+            drops: 0,
+            peak_in_flight: 0,
+            contended: false,
+            last_mean: None,
+        }
+    }
+
+    /// Its settings.
+    pub fn config(&self) -> &GradientConfig {
+        &self.config
+    }
+
+    /// The current limit.
+    pub fn limit(&self) -> usize {
+        self.limit as usize
+    }
+
+    /// The baseline RTT (the sliding minimum), once there is one.
+    pub fn min_rtt(&self) -> Option<Duration> {
+        self.min_rtt.get()
+    }
+
+    /// The mean RTT of the last judged window.
+    pub fn sample_rtt(&self) -> Option<Duration> {
+        self.last_mean
+    }
+
+    /// Notes the in-flight count a call was admitted at (to tell a used limit from an idle
+    /// one).
+    pub fn on_admit(&mut self, in_flight: usize) {
+        self.peak_in_flight = self.peak_in_flight.max(in_flight);
+    }
+
+    /// Notes that a call had to wait or was shed because the limit was reached.
+    pub fn on_contention(&mut self) {
+        self.contended = true;
+    }
+
+    /// Records a finished call at `now`; returns the new limit when the window closed and
+    /// the limit changed.
+    pub fn on_sample(&mut self, sample: Sample, now: Instant) -> Option<usize> {
+        match sample {
+            Sample::Answered(rtt) => {
+                self.min_rtt.push(rtt, now);
+                self.sum += rtt;
+                self.answers += 1;
+            }
+            Sample::Dropped => self.drops += 1,
+        }
+        let long_enough = now.saturating_duration_since(self.window_started) >= self.config.window;
+        if !(long_enough && (self.drops > 0 || self.answers >= self.config.min_samples)) {
+            return None;
+        }
+        let before = self.limit();
+        self.judge();
+        self.window_started = now;
+        self.sum = Duration::ZERO;
+        self.answers = 0;
+        self.drops = 0;
+        self.peak_in_flight = 0;
+        self.contended = false;
+        (self.limit() != before).then_some(self.limit())
+    }
+
+    fn judge(&mut self) {
+        let c = self.config;
+        if self.drops > 0 {
+            self.limit *= c.backoff;
+        } else if let (Some(min), true) = (self.min_rtt.get(), self.answers > 0) {
+            let mean = self.sum / self.answers;
+            self.last_mean = Some(mean);
+            let ratio = mean.as_secs_f64() / min.as_secs_f64().max(1e-6);
+            if ratio > c.tolerance {
+                self.limit *= (c.tolerance / ratio).max(0.5);
+            } else if self.peak_in_flight as f64 >= self.limit * 0.75 || self.contended {
+                self.limit += self.limit.sqrt().max(1.0);
+            }
+        }
+        self.limit = self.limit.clamp(c.min as f64, c.max as f64);
+    }
+}

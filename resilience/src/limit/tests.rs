@@ -1,0 +1,262 @@
+//! The gradient limit with injected time, and the limiter's shedding order.
+
+use std::future::pending;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+
+use super::*;
+
+const MS: Duration = Duration::from_millis(1);
+
+fn gradient(initial: usize, min: usize, max: usize) -> GradientConfig {
+    GradientConfig {
+        initial,
+        min,
+        max,
+        tolerance: 1.25,
+        backoff: 0.8,
+        window: 100 * MS,
+        min_samples: 10,
+        min_rtt_window: Duration::from_secs(10),
+    }
+}
+
+/// Feeds one 100 ms window: `n` answers of `rtt`, each admitted at `in_flight`.
+fn window(g: &mut GradientLimit, t: &mut Instant, n: u32, rtt: Duration, in_flight: usize) {
+    for i in 0..n {
+        g.on_admit(in_flight);
+        *t += 100 * MS / n;
+        let _ = i;
+        g.on_sample(Sample::Answered(rtt), *t);
+    }
+}
+
+#[test]
+fn grows_while_used_and_latency_holds() {
+    let mut t = Instant::now();
+    let mut g = GradientLimit::new(gradient(10, 4, 200), t);
+    let mut last = g.limit();
+    for _ in 0..10 {
+        let used = g.limit();
+        window(&mut g, &mut t, 20, 20 * MS, used);
+        assert!(g.limit() > last, "{} after {last}", g.limit());
+        last = g.limit();
+    }
+    assert!(last > 40, "grew by about √limit a window: {last}");
+}
+
+#[test]
+fn an_unused_limit_never_creeps_up() {
+    let mut t = Instant::now();
+    let mut g = GradientLimit::new(gradient(50, 4, 200), t);
+    for _ in 0..50 {
+        window(&mut g, &mut t, 20, 20 * MS, 10);
+    }
+    assert_eq!(g.limit(), 50);
+}
+
+#[test]
+fn backs_off_toward_the_concurrency_that_keeps_latency_in_tolerance() {
+    // An origin of capacity 20 with a 20 ms service time: at a limit of L > 20 in use, the
+    // mean RTT is L/20 × 20 ms (Little's law) and the minimum stays 20 ms.
+    let mut t = Instant::now();
+    let mut g = GradientLimit::new(gradient(100, 4, 1000), t);
+    window(&mut g, &mut t, 20, 20 * MS, 10);
+    for _ in 0..30 {
+        let l = g.limit();
+        let rtt = if l > 20 {
+            20 * MS * l as u32 / 20
+        } else {
+            20 * MS
+        };
+        window(&mut g, &mut t, 20, rtt, l);
+    }
+    let l = g.limit();
+    assert!(
+        (20..=32).contains(&l),
+        "settles near capacity × tolerance: {l}"
+    );
+    assert_eq!(g.min_rtt(), Some(20 * MS));
+}
+
+#[test]
+fn backs_off_multiplicatively_on_drops() {
+    let mut t = Instant::now();
+    let mut g = GradientLimit::new(gradient(100, 4, 1000), t);
+    t += 100 * MS;
+    assert_eq!(g.on_sample(Sample::Dropped, t), Some(80));
+    t += 100 * MS;
+    assert_eq!(g.on_sample(Sample::Dropped, t), Some(64));
+    // Drops inside one window count once.
+    assert_eq!(g.on_sample(Sample::Dropped, t + MS), None);
+}
+
+#[test]
+fn stays_within_its_bounds() {
+    let mut t = Instant::now();
+    let mut g = GradientLimit::new(gradient(10, 5, 12), t);
+    for _ in 0..20 {
+        t += 100 * MS;
+        g.on_sample(Sample::Dropped, t);
+    }
+    assert_eq!(g.limit(), 5);
+    for _ in 0..20 {
+        let l = g.limit();
+        window(&mut g, &mut t, 20, 20 * MS, l);
+    }
+    assert_eq!(g.limit(), 12);
+}
+
+#[test]
+fn a_slower_origin_is_rebaselined_after_the_min_rtt_window() {
+    let mut t = Instant::now();
+    let mut g = GradientLimit::new(gradient(20, 4, 1000), t);
+    window(&mut g, &mut t, 20, 10 * MS, 5);
+    for _ in 0..150 {
+        window(&mut g, &mut t, 20, 40 * MS, 5);
+    }
+    assert_eq!(g.min_rtt(), Some(40 * MS), "10 ms has aged out after 15 s");
+}
+
+fn limiter(limit: usize, reserve: f64) -> ConcurrencyLimiter {
+    ConcurrencyLimiter::new(
+        LimiterConfig {
+            limit: LimitConfig::Fixed(limit),
+            reserve,
+            max_wait: 50 * MS,
+            max_queue: 10,
+        },
+        Instant::now(),
+    )
+}
+
+#[test]
+fn lower_priorities_meet_their_threshold_first() {
+    let l = limiter(10, 0.2);
+    let held: Vec<_> = (0..8)
+        .map(|_| l.try_acquire(Priority::NON_CRITICAL).expect("under 8.4"))
+        .collect();
+    // 20 keeps 16 % back: threshold 8.
+    assert_eq!(
+        l.try_acquire(Priority::NON_CRITICAL).err(),
+        Some(Shed::OverLimit(Class::NonCritical))
+    );
+    let d = l
+        .try_acquire(Priority::DEGRADED)
+        .expect("60 keeps 8 %: threshold 9");
+    assert_eq!(
+        l.try_acquire(Priority::DEGRADED).err(),
+        Some(Shed::OverLimit(Class::Degraded))
+    );
+    let c = l.try_acquire(Priority::CRITICAL).expect("the whole limit");
+    assert!(l.try_acquire(Priority::CRITICAL).is_err());
+    let s = l.snapshot();
+    assert_eq!((s.in_flight, s.shed), (10, [1, 1, 1]));
+    drop((held, d, c));
+    assert_eq!(l.snapshot().in_flight, 0);
+}
+
+#[test]
+fn a_freed_slot_goes_to_the_highest_priority_waiter() {
+    let l = limiter(1, 0.0);
+    let held = l.try_acquire(Priority::CRITICAL).expect("slot");
+    let mut degraded = Box::pin(l.acquire(Priority::DEGRADED, pending()));
+    let mut critical = Box::pin(l.acquire(Priority::CRITICAL, pending()));
+    assert!((&mut degraded).now_or_never().is_none());
+    assert!((&mut critical).now_or_never().is_none());
+    assert_eq!(l.snapshot().queued, 2);
+    // Non-critical never waits.
+    let nc = l.acquire(Priority::NON_CRITICAL, pending()).now_or_never();
+    assert_eq!(
+        nc.expect("no wait").err(),
+        Some(Shed::OverLimit(Class::NonCritical))
+    );
+    drop(held);
+    let c = (&mut critical)
+        .now_or_never()
+        .expect("granted")
+        .expect("slot");
+    assert!((&mut degraded).now_or_never().is_none());
+    drop(c);
+    let _d = degraded.now_or_never().expect("granted").expect("slot");
+    assert_eq!(l.snapshot().in_flight, 1);
+}
+
+#[test]
+fn a_new_call_never_passes_a_waiter_of_its_priority() {
+    let l = limiter(2, 0.0);
+    let a = l.try_acquire(Priority::DEGRADED).expect("slot");
+    let _b = l.try_acquire(Priority::DEGRADED).expect("slot");
+    let mut waiting = Box::pin(l.acquire(Priority::DEGRADED, pending()));
+    assert!((&mut waiting).now_or_never().is_none());
+    drop(a);
+    assert!(
+        l.try_acquire(Priority::DEGRADED).is_err(),
+        "the slot went to the waiter"
+    );
+    waiting.now_or_never().expect("granted").expect("slot");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_gives_up_and_a_cancelled_one_leaves_the_queue() {
+    let l = limiter(1, 0.0);
+    let held = l.try_acquire(Priority::CRITICAL).expect("slot");
+    let start = tokio::time::Instant::now();
+    let r = l
+        .acquire_within(Priority::CRITICAL, tokio::time::sleep)
+        .await;
+    assert_eq!(r.err(), Some(Shed::QueueTimeout(Class::Critical)));
+    assert_eq!(start.elapsed(), 50 * MS);
+    {
+        let mut w = Box::pin(l.acquire(Priority::CRITICAL, pending()));
+        assert!((&mut w).now_or_never().is_none());
+        assert_eq!(l.snapshot().queued, 1);
+    }
+    assert_eq!(l.snapshot().queued, 0);
+    drop(held);
+    assert_eq!(l.snapshot().in_flight, 0);
+}
+
+#[test]
+fn a_granted_but_cancelled_waiter_passes_its_slot_on() {
+    let l = limiter(1, 0.0);
+    let held = l.try_acquire(Priority::CRITICAL).expect("slot");
+    let mut first = Box::pin(l.acquire(Priority::CRITICAL, pending()));
+    let mut second = Box::pin(l.acquire(Priority::DEGRADED, pending()));
+    assert!((&mut first).now_or_never().is_none());
+    assert!((&mut second).now_or_never().is_none());
+    drop(held); // granted to `first`, which is dropped before it looks
+    drop(first);
+    let _s = second.now_or_never().expect("granted").expect("slot");
+    assert_eq!(l.snapshot().in_flight, 1);
+}
+
+#[test]
+fn retries_rank_below_first_attempts() {
+    let l = limiter(10, 0.2);
+    let _held: Vec<_> = (0..9)
+        .map(|_| l.try_acquire(Priority::CRITICAL).expect("slot"))
+        .collect();
+    assert!(l.admits_extra(Priority::CRITICAL));
+    assert!(
+        !l.admits_extra(Priority::CRITICAL.retry()),
+        "70 keeps 6 %: threshold 9"
+    );
+}
+
+#[test]
+fn an_adaptive_limiter_learns_from_permits() {
+    let t0 = Instant::now();
+    let l = ConcurrencyLimiter::new(
+        LimiterConfig {
+            limit: LimitConfig::Gradient(gradient(10, 2, 100)),
+            ..LimiterConfig::default()
+        },
+        t0,
+    );
+    let p = l.try_acquire(Priority::CRITICAL).expect("slot");
+    assert_eq!(p.record(Sample::Dropped, t0 + 200 * MS), Some(8));
+    let s = l.snapshot();
+    assert_eq!((s.adaptive, s.limit, s.dropped), (true, 8, 1));
+}
