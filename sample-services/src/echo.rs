@@ -7,6 +7,12 @@
 //! Fault injection for breaker demos and tests, for every request: [`EchoServer::set_fault`],
 //! or over HTTP `PUT /__fault?status=503&delay_ms=200` (either key), `GET /__fault`,
 //! `DELETE /__fault`. A delay of 60000 ms makes a hanging endpoint.
+//!
+//! A fixed capacity, for overload benchmarks and tests ([`EchoServer::set_capacity`], or
+//! `--capacity N --service-ms M`): N workers, each request holds one for M ms (requests over
+//! N wait in line, as a saturated origin's do). `GET /__stats` reports requests in the
+//! origin (working and waiting), their peak and the requests served; `DELETE /__stats`
+//! resets the peak.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -31,7 +37,48 @@ pub struct EchoServer {
     addr: SocketAddr,
     hits: Arc<AtomicU64>,
     fault: Arc<Fault>,
+    load: Arc<Load>,
     stop: watch::Sender<bool>,
+}
+
+/// A fixed capacity and what is in the origin: N workers that each request holds for the
+/// service time, and the requests inside (working or waiting) with their peak.
+#[derive(Debug, Default)]
+struct Load {
+    capacity: std::sync::OnceLock<(Arc<tokio::sync::Semaphore>, usize, Duration)>,
+    inside: AtomicU64,
+    peak: AtomicU64,
+    served: AtomicU64,
+}
+
+impl Load {
+    /// Holds a worker for the service time (when a capacity is set), counting the request
+    /// as inside meanwhile.
+    async fn serve(&self) {
+        let Some((workers, _, service)) = self.capacity.get() else {
+            return;
+        };
+        let now = self.inside.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        if let Ok(_worker) = workers.acquire().await {
+            tokio::time::sleep(*service).await;
+        }
+        self.inside.fetch_sub(1, Ordering::SeqCst);
+        self.served.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn stats(&self) -> Value {
+        let (capacity, service_ms) = self.capacity.get().map_or((None, None), |(_, n, d)| {
+            (Some(*n), Some(d.as_millis() as u64))
+        });
+        json!({
+            "capacity": capacity,
+            "service_ms": service_ms,
+            "in_flight": self.inside.load(Ordering::SeqCst),
+            "peak_in_flight": self.peak.load(Ordering::SeqCst),
+            "served": self.served.load(Ordering::Relaxed),
+        })
+    }
 }
 
 /// An injected fault: every request is delayed and/or answered with a status.
@@ -65,6 +112,7 @@ impl EchoServer {
         let addr = listener.local_addr()?;
         let hits = Arc::new(AtomicU64::new(0));
         let fault = Arc::new(Fault::default());
+        let load = Arc::new(Load::default());
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(accept_loop(
             listener,
@@ -72,6 +120,7 @@ impl EchoServer {
                 name: Arc::from(name.into()),
                 hits: hits.clone(),
                 fault: fault.clone(),
+                load: load.clone(),
             },
             stopped,
         ));
@@ -79,8 +128,31 @@ impl EchoServer {
             addr,
             hits,
             fault,
+            load,
             stop,
         })
+    }
+
+    /// Gives the server a fixed capacity (once): `workers` requests served at a time, each
+    /// for `service`; the rest wait. Returns false when a capacity was already set.
+    pub fn set_capacity(&self, workers: usize, service: Duration) -> bool {
+        let workers = workers.max(1);
+        self.load
+            .capacity
+            .set((
+                Arc::new(tokio::sync::Semaphore::new(workers)),
+                workers,
+                service,
+            ))
+            .is_ok()
+    }
+
+    /// Requests inside now (working or waiting for a worker) and their peak since start.
+    pub fn load(&self) -> (u64, u64) {
+        (
+            self.load.inside.load(Ordering::SeqCst),
+            self.load.peak.load(Ordering::SeqCst),
+        )
     }
 
     /// Injects a fault into every following request: answer with `status` (when set) after
@@ -122,6 +194,7 @@ struct Shared {
     name: Arc<str>,
     hits: Arc<AtomicU64>,
     fault: Arc<Fault>,
+    load: Arc<Load>,
 }
 
 async fn accept_loop(listener: TcpListener, shared: Shared, mut stopped: watch::Receiver<bool>) {
@@ -201,7 +274,21 @@ async fn handle(
     if req.uri().path() == "/__fault" {
         return Ok(fault_control(&req, &shared));
     }
+    if req.uri().path() == "/__stats" {
+        if req.method() == http::Method::DELETE {
+            let now = shared.load.inside.load(Ordering::SeqCst);
+            shared.load.peak.store(now, Ordering::SeqCst);
+        }
+        let body = serde_json::to_vec(&shared.load.stats()).unwrap_or_default();
+        return Ok(response(
+            StatusCode::OK,
+            "application/json",
+            &shared.name,
+            Bytes::from(body),
+        ));
+    }
     shared.hits.fetch_add(1, Ordering::Relaxed);
+    shared.load.serve().await;
     let query = req.uri().query().map(str::to_owned);
     let q = query.as_deref();
     let (fault_status, fault_delay) = shared.fault.get();

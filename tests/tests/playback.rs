@@ -116,12 +116,14 @@ impl Drop for Svc {
     }
 }
 
-/// Catalog, Steering, Play and the gateway.
+/// Catalog, Steering, Play, Events (on its own redis-server) and the gateway.
 struct Stack {
     _dir: tempfile::TempDir,
     catalog: Svc,
     steering: Svc,
     play: Svc,
+    events: Svc,
+    redis: RedisServer,
     gw: Gateway,
     /// An h2c listener (gRPC through the gateway).
     grpc: SocketAddr,
@@ -151,6 +153,10 @@ impl Stack {
             steering.addr.to_string(),
         ]);
         let play = Svc::spawn_healthy(dir.path(), "play", &play_args, env).await;
+        let redis = RedisServer::start().await;
+        let mut events_args = common.clone();
+        events_args.extend(["--redis".into(), redis.url()]);
+        let events = Svc::spawn_healthy(dir.path(), "events", &events_args, env).await;
 
         // The shipped config's clusters and routes, pointed at these processes.
         let file = if consul.is_some() {
@@ -165,6 +171,7 @@ impl Stack {
             .replace("127.0.0.1:9101", &catalog.addr.to_string())
             .replace("127.0.0.1:9102", &steering.addr.to_string())
             .replace("127.0.0.1:9103", &play.addr.to_string())
+            .replace("127.0.0.1:9104", &events.addr.to_string())
             .replace("\"dev-keys/", &format!("\"{}/", keys.display()));
         if let Some(c) = consul {
             body = format!(
@@ -194,9 +201,22 @@ impl Stack {
             catalog,
             steering,
             play,
+            events,
+            redis,
             gw,
             grpc,
         }
+    }
+
+    /// Posts a batch of playback events through the gateway.
+    async fn post_events(&self, token: Option<&str>, batch: &Value) -> (u16, Value) {
+        let mut req = client().post(self.gw.url("/api/events")).json(batch);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.expect("events request");
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
     }
 
     async fn play(&self, token: Option<&str>, title: &str, device: &str) -> (u16, Value) {
@@ -490,7 +510,77 @@ async fn the_flow_passes_with_discovery_through_a_real_consul() {
     let text = clusters.to_string();
     assert!(text.contains(&stack.play.addr.to_string()), "{text}");
     assert!(text.contains("consul"), "{text}");
+    // Events registered itself and the gateway found it there too.
+    let batch = json!({"events": [{"type": "start", "title": "t-0001", "session": "c1"}]});
+    let what = "an events batch through Consul discovery";
+    eventually(what, Duration::from_secs(20), || async {
+        match stack.post_events(Some(&alice), &batch).await {
+            (202, j) => Ok(j),
+            (s, j) => Err(format!("{s} {j}")),
+        }
+    })
+    .await;
     let _ = (&stack.catalog, &stack.steering);
+}
+
+#[tokio::test]
+async fn playback_events_reach_the_redis_stream_through_the_gateway() {
+    let mut stack = Stack::start(None).await;
+    let alice = token_for("alice", "premium", "JP", 600);
+    let batch = json!({"events": [
+        {"type": "start", "title": "t-0001", "session": "s-1", "position_ms": 0, "device": "tv"},
+        {"type": "heartbeat", "title": "t-0001", "session": "s-1", "position_ms": 30000},
+        {"type": "stop", "title": "t-0001", "session": "s-1", "position_ms": 61000}
+    ]});
+    let (status, j) = stack.post_events(Some(&alice), &batch).await;
+    assert_eq!(status, 202, "{j}");
+    assert_eq!(j["accepted"], 3);
+    // Newest first, with the user the gateway verified (x-user-id from the token's sub).
+    let (status, recent) = get_json(&client(), &stack.events.url("/events/recent?count=3")).await;
+    assert_eq!(status, 200, "{recent}");
+    let kinds: Vec<&str> = recent["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["type"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(kinds, ["stop", "heartbeat", "start"], "{recent}");
+    assert_eq!(recent["events"][0]["user"], "alice");
+    assert_eq!(recent["events"][0]["position_ms"], "61000");
+
+    // No token: the gateway refuses. A client's own x-user-id never reaches Events.
+    let (status, _) = stack.post_events(None, &batch).await;
+    assert_eq!(status, 401);
+    // A malformed batch: Events says what is wrong.
+    let bad = json!({"events": [{"type": "seek", "title": "t", "session": "s"}]});
+    let (status, j) = stack.post_events(Some(&alice), &bad).await;
+    assert_eq!(status, 400, "{j}");
+    assert!(
+        j["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("events[0].type `seek`")),
+        "{j}"
+    );
+    // Redis gone: 503 store_unavailable, and playback is untouched.
+    stack.redis.stop();
+    let (status, j) = stack.post_events(Some(&alice), &batch).await;
+    assert_eq!(status, 503, "{j}");
+    let (status, m) = stack.play(Some(&alice), "t-0001", "tv").await;
+    assert_eq!(status, 200, "{m}");
+    // The route is non-critical in the shipped config.
+    let (_, overload) = get_json(&client(), &stack.gw.admin_url("/overload")).await;
+    assert_eq!(
+        overload["routes"]["events"]["class"], "non_critical",
+        "{overload}"
+    );
+    assert_eq!(
+        overload["routes"]["play"]["class"], "critical",
+        "{overload}"
+    );
+    assert_eq!(
+        overload["routes"]["catalog"]["class"], "degraded",
+        "{overload}"
+    );
 }
 
 #[tokio::test]

@@ -152,6 +152,7 @@ fn state_router(state: Arc<GatewayState>) -> Router {
         .route("/breakers/{cluster}", get(breaker))
         .route("/breakers/{cluster}/{action}", post(breaker_action))
         .route("/fleet", get(fleet))
+        .route("/overload", get(overload))
         .fallback(not_found)
         .with_state(state)
 }
@@ -173,6 +174,48 @@ async fn fleet(State(state): State<Arc<GatewayState>>) -> Response {
         "source": crate::fleet::source(),
         "limit_store": store,
         "degraded_limits": crate::fleet::degraded_limits(),
+    }))
+    .into_response()
+}
+
+/// Overload protection: the inbound limit, each cluster's concurrency limit (limit, in-flight,
+/// waiters, RTTs, sheds per priority class) and each route's configured priority.
+async fn overload(State(state): State<Arc<GatewayState>>) -> Response {
+    let runtime = state.runtime();
+    let clusters: serde_json::Map<String, serde_json::Value> = runtime
+        .clusters
+        .iter()
+        .map(|c| {
+            let limit = c.limiter().map(|l| crate::cluster::limiter_status(&l.snapshot()));
+            let view = limit.unwrap_or_else(|| {
+                let b = c.bulkhead().snapshot();
+                json!({
+                    "adaptive": false,
+                    "bulkhead": { "max_concurrent": b.config.max_concurrent, "in_use": b.in_use, "rejected": b.rejected },
+                })
+            });
+            (c.name().to_owned(), view)
+        })
+        .collect();
+    let routes: serde_json::Map<String, serde_json::Value> = runtime
+        .routes
+        .iter()
+        .map(|r| {
+            let p = r.policy.priority.unwrap_or_default();
+            (
+                r.name.to_string(),
+                json!({ "priority": p.score(), "class": p.class().as_str(), "configured": r.policy.priority.is_some() }),
+            )
+        })
+        .collect();
+    Json(json!({
+        "inbound": runtime
+            .overload
+            .inbound
+            .as_ref()
+            .map(|i| crate::cluster::limiter_status(&i.limiter.snapshot())),
+        "clusters": clusters,
+        "routes": routes,
     }))
     .into_response()
 }

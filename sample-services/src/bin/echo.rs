@@ -21,6 +21,13 @@ struct Args {
     /// Wait this long before every answer (fault injection; 60000 makes it hang).
     #[arg(long, default_value_t = 0)]
     delay_ms: u64,
+    /// Serve at most this many requests at a time; the rest wait in line (an origin of fixed
+    /// capacity, for overload benchmarks). Needs --service-ms.
+    #[arg(long, requires = "service_ms")]
+    capacity: Option<usize>,
+    /// How long each request holds one of the --capacity workers.
+    #[arg(long, requires = "capacity")]
+    service_ms: Option<u64>,
     /// Register in Consul at this agent address (`CONSUL_HTTP_ADDR` works too) with an HTTP
     /// health check on `/health`; deregistered on SIGTERM / Ctrl-C.
     #[arg(long, env = "CONSUL_HTTP_ADDR")]
@@ -41,6 +48,9 @@ async fn main() -> std::io::Result<()> {
         args.fail_status,
         std::time::Duration::from_millis(args.delay_ms),
     );
+    if let (Some(n), Some(ms)) = (args.capacity, args.service_ms) {
+        server.set_capacity(n, std::time::Duration::from_millis(ms));
+    }
     println!("echo `{}` listening on {}", args.name, server.addr());
     let registration = match &args.consul {
         Some(address) => {
