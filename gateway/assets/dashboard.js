@@ -147,12 +147,37 @@ async function getJson(path) {
   return r.json();
 }
 
+/// Sheds per priority class, lowest first.
+function shedText(shed) {
+  return `non-critical ${shed.non_critical} · degraded ${shed.degraded} · critical ${shed.critical}`;
+}
+
+/// A cluster's concurrency: its adaptive limit (limit, RTTs, sheds) or its bulkhead.
+function concurrencyLines(pool) {
+  if (!pool) return ["bulkhead", el("b", {}, "-")];
+  const cl = pool.concurrencyLimit;
+  if (!cl) {
+    return ["bulkhead", el("b", {}, `${pool.currentActiveCount} / ${pool.currentMaximumPoolSize} (rejected ${pool.rollingCountCommandRejections})`)];
+  }
+  const rtt = (ms) => (ms == null ? "-" : `${ms.toFixed(1)} ms`);
+  const shedding = cl.shed.non_critical + cl.shed.degraded + cl.shed.critical > 0;
+  return [
+    "adaptive limit", el("b", { class: "limit" }, `${cl.in_flight} / ${cl.limit}${cl.queued ? ` (+${cl.queued} waiting)` : ""}`),
+    "RTT min / sample", el("b", {}, `${rtt(cl.min_rtt_ms)} / ${rtt(cl.sample_rtt_ms)}`),
+    "shed", el("b", { class: shedding ? "shed error" : "shed" }, shedText(cl.shed)),
+  ];
+}
+
 async function poll() {
   try {
-    const [r, c, cfg, ready, fleet] = await Promise.all([
+    const [r, c, cfg, ready, fleet, overload] = await Promise.all([
       getJson("/routes"), getJson("/clusters"), getJson("/config"), getJson("/readyz"),
-      getJson("/fleet"),
+      getJson("/fleet"), getJson("/overload"),
     ]);
+    const inbound = document.getElementById("inbound");
+    const ib = overload.inbound;
+    inbound.textContent = ib ? `${ib.in_flight} / ${ib.limit} (shed ${shedText(ib.shed)})` : "none";
+    inbound.className = ib && ib.in_flight >= ib.limit ? "error" : "";
     document.getElementById("fleet-size").textContent = `${fleet.size} (${fleet.source})`;
     const limits = document.getElementById("limits");
     const degraded = fleet.degraded_limits || [];
@@ -230,7 +255,7 @@ function breakerCard(name) {
       "short-circuited", el("b", {}, shorted),
       "fallbacks", el("b", {}, fallbacks),
       "p99", el("b", {}, `${p99} ms`),
-      "bulkhead", el("b", {}, pool ? `${pool.currentActiveCount} / ${pool.currentMaximumPoolSize} (rejected ${pool.rollingCountCommandRejections})` : "-")),
+      ...concurrencyLines(pool)),
     buttons);
 }
 
@@ -250,6 +275,7 @@ function render() {
     return el("tr", { "data-route": name },
       el("td", {}, name), el("td", {}, match), el("td", {}, r.cluster || (cmd && cmd.group)),
       el("td", {}, (r.filters || []).join(", ")),
+      el("td", { class: "priority" }, (r.priority || "").replace("_", "-")),
       el("td", {}, cmd ? (cmd.requestCount / windowSeconds(cmd)).toFixed(1) : "-"),
       el("td", {}, cmd ? `${cmd.errorPercentage} %` : "-"),
       el("td", {}, cmd ? cmd.currentConcurrentExecutionCount : "-"),

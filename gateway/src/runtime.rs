@@ -321,6 +321,7 @@ impl Runtime {
                     }
                     Rewrite::Fixed(p) => format!("fixed {p}"),
                 }),
+                priority: r.policy.priority.unwrap_or_default().class().as_str(),
             })
             .collect()
     }
@@ -359,6 +360,8 @@ pub(crate) struct RouteStatus {
     headers: Vec<String>,
     rewrite: Option<String>,
     filters: Vec<String>,
+    /// The route's priority class (`degraded` when not configured).
+    priority: &'static str,
 }
 
 impl crate::edge::ListenerSettings for GatewayState {

@@ -172,3 +172,80 @@ async fn the_dashboard_shows_a_breaker_open_while_its_upstream_fails() {
     assert_eq!(j["breaker"]["state"], "forced_closed", "{j}");
     c.close().await.expect("close the browser");
 }
+
+/// Polls the page until the element at `selector` shows text containing `want`.
+async fn wait_for_text(c: &Client, selector: &str, want: &str) -> String {
+    let end = Instant::now() + Duration::from_secs(15);
+    loop {
+        let shown = match c.find(Locator::Css(selector)).await {
+            Ok(e) => e.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        if shown.contains(want) {
+            return shown;
+        }
+        if Instant::now() >= end {
+            let shot = c.screenshot().await.unwrap_or_default();
+            let path = artifacts().join("timeout-shed.png");
+            let _ = std::fs::write(&path, shot);
+            panic!(
+                "the dashboard never showed {want:?} at {selector} (last: {shown:?}; screenshot {})",
+                path.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_dashboard_shows_a_clusters_adaptive_limit_and_what_it_sheds() {
+    let up = echo("origin").await;
+    let body = format!(
+        "[overload]\nmax_in_flight = 100\n\n{}\
+         [clusters.origin.adaptive_concurrency]\ninitial_limit = 1\nmin_limit = 1\nmax_limit = 1\nqueue_timeout_ms = 0\n\n\
+         [[routes]]\nname = \"play\"\ncluster = \"origin\"\npath_prefix = \"/play\"\npriority = \"critical\"\n\
+         [[routes]]\nname = \"events\"\ncluster = \"origin\"\npath_prefix = \"/events\"\npriority = \"non_critical\"\n",
+        cluster("origin", &[&up], ""),
+    );
+    let gw = Gateway::start(&body).await;
+    let http = client();
+    let driver = ChromeDriver::start().await;
+    let c = driver.browser().await;
+    c.goto(&gw.admin_url("/dashboard")).await.expect("load");
+
+    // A playback request holds the only slot; an events request meanwhile is shed.
+    let held = {
+        let http = http.clone();
+        let url = gw.url("/play?delay_ms=1500");
+        tokio::spawn(async move { http.get(url).send().await.map(|r| r.status().as_u16()) })
+    };
+    eventually("the slot held", Duration::from_secs(10), || async {
+        let (_, o) = get_json(&http, &gw.admin_url("/overload")).await;
+        if o["clusters"]["origin"]["in_flight"] == 1 {
+            Ok(())
+        } else {
+            Err(o.to_string())
+        }
+    })
+    .await;
+    let r = http.get(gw.url("/events")).send().await.expect("req");
+    assert_eq!(r.status(), 503);
+    assert_eq!(held.await.expect("join").expect("held"), 200);
+
+    let shed = wait_for_text(&c, "#breaker-origin .shed", "non-critical 1").await;
+    assert!(shed.contains("critical 0"), "{shed}");
+    let limit = wait_for_text(&c, "#breaker-origin .limit", "/ 1").await;
+    assert!(limit.starts_with('0') || limit.starts_with('1'), "{limit}");
+    let row = wait_for_text(
+        &c,
+        "#routes tr[data-route=\"events\"] .priority",
+        "non-critical",
+    )
+    .await;
+    assert_eq!(row, "non-critical");
+    let inbound = wait_for_text(&c, "#inbound", "/ 100").await;
+    assert!(inbound.contains("shed non-critical 0"), "{inbound}");
+    let shot = c.screenshot().await.expect("screenshot");
+    std::fs::write(artifacts().join("adaptive-limit.png"), &shot).expect("save screenshot");
+    c.close().await.expect("close the browser");
+}
