@@ -7,12 +7,13 @@
 //!   to `limit × backoff`;
 //! - else the window's mean RTT is compared with the minimum RTT seen over the last
 //!   `min_rtt_window` (a sliding minimum of live answers: no probe windows that pin
-//!   concurrency). Above `tolerance × min`, the origin is queueing: the limit moves toward
-//!   `limit × tolerance × min / mean` (at most halving), the concurrency that keeps queueing
-//!   inside the tolerance by Little's law;
-//! - at or under the tolerance it grows, by `√limit`, but only when the limit was actually
-//!   used in the window (in-flight reached 3/4 of it, or requests had to wait or were shed):
-//!   an idle limit never creeps up;
+//!   concurrency). Above `tolerance × min`, the origin is queueing: the limit moves to
+//!   `limit × min / mean` (at most halving), by Little's law the concurrency the origin serves
+//!   without queueing;
+//! - at or under the tolerance it grows, but only when the limit was actually used in the
+//!   window (in-flight reached 3/4 of it, or requests had to wait or were shed): an idle limit
+//!   never creeps up. It grows by `√limit` (fast, from a cold start), and by one per window
+//!   for a while after a cut (the knee is near: probe past it gently);
 //! - always within `[min, max]`.
 
 use std::time::{Duration, Instant};
@@ -120,7 +121,12 @@ pub struct GradientLimit {
     peak_in_flight: usize,
     contended: bool,
     last_mean: Option<Duration>,
+    /// Windows left in which growth is cautious (one per window) after a cut.
+    cautious: u32,
 }
+
+/// Windows of cautious growth after a cut.
+const CAUTIOUS_WINDOWS: u32 = 20;
 
 impl GradientLimit {
     /// A limit at `config.initial` (kept within `[min, max]`).
@@ -144,6 +150,7 @@ impl GradientLimit {
             peak_in_flight: 0,
             contended: false,
             last_mean: None,
+            cautious: 0,
         }
     }
 
@@ -208,15 +215,22 @@ impl GradientLimit {
         let c = self.config;
         if self.drops > 0 {
             self.limit *= c.backoff;
+            self.cautious = CAUTIOUS_WINDOWS;
         } else if let (Some(min), true) = (self.min_rtt.get(), self.answers > 0) {
             let mean = self.sum / self.answers;
             self.last_mean = Some(mean);
             let ratio = mean.as_secs_f64() / min.as_secs_f64().max(1e-6);
             if ratio > c.tolerance {
-                self.limit *= (c.tolerance / ratio).max(0.5);
+                self.limit *= (1.0 / ratio).max(0.5);
+                self.cautious = CAUTIOUS_WINDOWS;
             } else if self.peak_in_flight as f64 >= self.limit * 0.75 || self.contended {
-                self.limit += self.limit.sqrt().max(1.0);
+                self.limit += if self.cautious > 0 {
+                    1.0
+                } else {
+                    self.limit.sqrt().max(1.0)
+                };
             }
+            self.cautious = self.cautious.saturating_sub(1);
         }
         self.limit = self.limit.clamp(c.min as f64, c.max as f64);
     }

@@ -57,13 +57,14 @@ fn an_unused_limit_never_creeps_up() {
 }
 
 #[test]
-fn backs_off_toward_the_concurrency_that_keeps_latency_in_tolerance() {
+fn backs_off_to_the_origins_capacity_and_probes_past_it_gently() {
     // An origin of capacity 20 with a 20 ms service time: at a limit of L > 20 in use, the
     // mean RTT is L/20 × 20 ms (Little's law) and the minimum stays 20 ms.
     let mut t = Instant::now();
     let mut g = GradientLimit::new(gradient(100, 4, 1000), t);
     window(&mut g, &mut t, 20, 20 * MS, 10);
-    for _ in 0..30 {
+    let mut seen = Vec::new();
+    for _ in 0..60 {
         let l = g.limit();
         let rtt = if l > 20 {
             20 * MS * l as u32 / 20
@@ -71,11 +72,16 @@ fn backs_off_toward_the_concurrency_that_keeps_latency_in_tolerance() {
             20 * MS
         };
         window(&mut g, &mut t, 20, rtt, l);
+        seen.push(g.limit());
     }
-    let l = g.limit();
+    // From 100 it is cut toward the capacity (Little's law; at most halving a window), then
+    // probes one a window past the tolerance (25 over a capacity of 20) and is cut back to it.
+    assert_eq!(&seen[..2], [50, 25], "{seen:?}");
+    let settled = &seen[10..];
+    assert!(settled.iter().all(|l| (20..=26).contains(l)), "{seen:?}");
     assert!(
-        (20..=32).contains(&l),
-        "settles near capacity × tolerance: {l}"
+        settled.contains(&20) && settled.iter().any(|l| *l > 20),
+        "{seen:?}"
     );
     assert_eq!(g.min_rtt(), Some(20 * MS));
 }
