@@ -58,12 +58,20 @@ impl Load {
         let Some((workers, _, service)) = self.capacity.get() else {
             return;
         };
+        /// Counts the request inside until dropped: a client that goes away (its connection
+        /// closed, the request future dropped) leaves too.
+        struct Inside<'a>(&'a AtomicU64);
+        impl Drop for Inside<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
         let now = self.inside.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak.fetch_max(now, Ordering::SeqCst);
+        let _inside = Inside(&self.inside);
         if let Ok(_worker) = workers.acquire().await {
             tokio::time::sleep(*service).await;
         }
-        self.inside.fetch_sub(1, Ordering::SeqCst);
         self.served.fetch_add(1, Ordering::Relaxed);
     }
 

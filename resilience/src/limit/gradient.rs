@@ -12,8 +12,9 @@
 //!   without queueing;
 //! - at or under the tolerance it grows, but only when the limit was actually used in the
 //!   window (in-flight reached 3/4 of it, or requests had to wait or were shed): an idle limit
-//!   never creeps up. It grows by `√limit` (fast, from a cold start), and by one per window
-//!   for a while after a cut (the knee is near: probe past it gently);
+//!   never creeps up. It grows by `√limit` while the origin shows no queueing (the mean under
+//!   half the tolerance: fast from a cold start), else by one per window, and by one per
+//!   window for a while after any cut (the knee is near: probe past it gently);
 //! - always within `[min, max]`.
 
 use std::time::{Duration, Instant};
@@ -224,10 +225,13 @@ impl GradientLimit {
                 self.limit *= (1.0 / ratio).max(0.5);
                 self.cautious = CAUTIOUS_WINDOWS;
             } else if self.peak_in_flight as f64 >= self.limit * 0.75 || self.contended {
-                self.limit += if self.cautious > 0 {
-                    1.0
-                } else {
+                // Fast growth only while the origin shows no queueing at all (under half the
+                // tolerance) and no cut happened lately; near the knee, one at a time.
+                let clear = ratio <= 1.0 + (c.tolerance - 1.0) / 2.0;
+                self.limit += if self.cautious == 0 && clear {
                     self.limit.sqrt().max(1.0)
+                } else {
+                    1.0
                 };
             }
             self.cautious = self.cautious.saturating_sub(1);
