@@ -145,6 +145,18 @@ async fn one_slot_gateway(up: &EchoServer, from: &str) -> Gateway {
     Gateway::start(&body).await
 }
 
+/// `GET /low` with `x-priority: critical`: its status and how long it took.
+async fn low_as_critical(http: &reqwest::Client, gw: &Gateway) -> (reqwest::Response, Duration) {
+    let started = Instant::now();
+    let r = http
+        .get(gw.url("/low"))
+        .header("x-priority", "critical")
+        .send()
+        .await
+        .expect("req");
+    (r, started.elapsed())
+}
+
 /// Starts a request that holds the gateway's only inbound slot for `hold`, and waits until it
 /// does.
 async fn hold_the_slot(
@@ -199,15 +211,9 @@ async fn the_inbound_limit_sheds_by_priority_and_believes_the_header_only_from_t
     assert_eq!(r.headers()["grpc-status"], "8");
     assert_eq!(r.headers()["grpc-message"], "overloaded");
     // Raised to critical by a trusted header, the request waits for the slot instead.
-    let started = Instant::now();
-    let r = http
-        .get(gw.url("/low"))
-        .header("x-priority", "critical")
-        .send()
-        .await
-        .expect("req");
+    let (r, took) = low_as_critical(&http, &gw).await;
     assert_eq!(r.status(), 200, "served once the slot was free");
-    assert!(started.elapsed() >= Duration::from_millis(200), "it waited");
+    assert!(took >= Duration::from_millis(200), "it waited");
     assert_eq!(held.await.expect("held"), 200);
     let (_, o) = get_json(&http, &gw.admin_url("/overload")).await;
     assert_eq!(o["inbound"]["shed"]["non_critical"], 2, "{o}");
@@ -219,23 +225,12 @@ async fn the_inbound_limit_sheds_by_priority_and_believes_the_header_only_from_t
 
     // Untrusted: the header is neither believed nor passed upstream.
     let gw = one_slot_gateway(&up, "10.0.0.0/8").await;
-    let r = http
-        .get(gw.url("/low"))
-        .header("x-priority", "critical")
-        .send()
-        .await
-        .expect("req");
+    let (r, _) = low_as_critical(&http, &gw).await;
     let j: serde_json::Value = r.json().await.expect("echo json");
     assert!(j["headers"].get("x-priority").is_none(), "{j}");
     let held = hold_the_slot(&http, &gw, Duration::from_millis(1500)).await;
-    let started = Instant::now();
-    let r = http
-        .get(gw.url("/low"))
-        .header("x-priority", "critical")
-        .send()
-        .await
-        .expect("req");
+    let (r, took) = low_as_critical(&http, &gw).await;
     assert_eq!(r.status(), 503, "still non-critical: shed at once");
-    assert!(started.elapsed() < Duration::from_millis(1000));
+    assert!(took < Duration::from_millis(1000));
     assert_eq!(held.await.expect("held"), 200);
 }

@@ -45,13 +45,7 @@ impl GatewayProxy {
             }
             Err(_) => {
                 let error = GatewayError::Upstream(Failure::Shed);
-                ctx.error = Some(error);
-                reply::write(
-                    session,
-                    ctx,
-                    Reply::error(error, ctx, Connection::KeepAlive),
-                )
-                .await?;
+                reply::write_error(session, ctx, error, Connection::KeepAlive).await?;
                 Ok(true)
             }
         }
@@ -103,8 +97,7 @@ impl GatewayProxy {
             _ => Connection::KeepAlive,
         };
         crate::metrics::metrics().edge_refusal(error.code());
-        ctx.error = Some(error);
-        reply::write(session, ctx, Reply::error(error, ctx, connection)).await?;
+        reply::write_error(session, ctx, error, connection).await?;
         Ok(true)
     }
 

@@ -212,14 +212,7 @@ impl ProxyHttp for GatewayProxy {
             }
         }
         if ctx.route.is_none() {
-            let error = GatewayError::NoRoute;
-            ctx.error = Some(error);
-            reply::write(
-                session,
-                ctx,
-                Reply::error(error, ctx, Connection::KeepAlive),
-            )
-            .await?;
+            reply::write_error(session, ctx, GatewayError::NoRoute, Connection::KeepAlive).await?;
             return Ok(true);
         }
         Ok(false)
@@ -282,15 +275,10 @@ impl ProxyHttp for GatewayProxy {
         match admitted {
             Ok(()) => Ok(true),
             Err(failure) => {
-                ctx.error = Some(GatewayError::Upstream(failure));
+                let error = GatewayError::Upstream(failure);
+                ctx.error = Some(error);
                 if self.answer_locally(session, ctx).await.is_none() {
-                    let error = GatewayError::Upstream(failure);
-                    reply::write(
-                        session,
-                        ctx,
-                        Reply::error(error, ctx, Connection::KeepAlive),
-                    )
-                    .await?;
+                    reply::write_error(session, ctx, error, Connection::KeepAlive).await?;
                 }
                 Ok(false)
             }

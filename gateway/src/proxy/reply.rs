@@ -98,6 +98,19 @@ pub(super) fn chain_of<'a>(runtime: &'a Runtime, route: Option<&'a Route>) -> &'
     route.map_or(&runtime.default_chain, |r| &r.chain)
 }
 
+/// Answers the request with `error` itself (recorded as the request's error): the JSON error
+/// through [`write`].
+pub(super) async fn write_error(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    error: GatewayError,
+    connection: Connection,
+) -> Result<()> {
+    ctx.error = Some(error);
+    let reply = Reply::error(error, ctx, connection);
+    write(session, ctx, reply).await
+}
+
 /// Writes `reply`: the request id, the response filters of the filters that ran (they see
 /// it like an upstream response), a trailers-only gRPC shape for gRPC requests, and the
 /// keep-alive decision.

@@ -14,7 +14,8 @@
 //!   window (in-flight reached 3/4 of it, or requests had to wait or were shed): an idle limit
 //!   never creeps up. It grows by `√limit` while the origin shows no queueing (the mean under
 //!   half the tolerance: fast from a cold start), else by one per window, and by one per
-//!   window for a while after any cut (the knee is near: probe past it gently);
+//!   window for a while after any cut (the knee is near: probe past it gently). A window
+//!   after one that grew never grows: its round trips were admitted under the old limit;
 //! - always within `[min, max]`.
 
 use std::time::{Duration, Instant};
@@ -124,6 +125,9 @@ pub struct GradientLimit {
     last_mean: Option<Duration>,
     /// Windows left in which growth is cautious (one per window) after a cut.
     cautious: u32,
+    /// The last judged window raised the limit: its effect shows only in the next window's
+    /// round trips (they were admitted under the old limit), so that one does not grow.
+    grew: bool,
 }
 
 /// Windows of cautious growth after a cut.
@@ -152,6 +156,7 @@ impl GradientLimit {
             contended: false,
             last_mean: None,
             cautious: 0,
+            grew: false,
         }
     }
 
@@ -214,6 +219,7 @@ impl GradientLimit {
 
     fn judge(&mut self) {
         let c = self.config;
+        let grew = std::mem::take(&mut self.grew);
         if self.drops > 0 {
             self.limit *= c.backoff;
             self.cautious = CAUTIOUS_WINDOWS;
@@ -224,7 +230,7 @@ impl GradientLimit {
             if ratio > c.tolerance {
                 self.limit *= (1.0 / ratio).max(0.5);
                 self.cautious = CAUTIOUS_WINDOWS;
-            } else if self.peak_in_flight as f64 >= self.limit * 0.75 || self.contended {
+            } else if !grew && (self.peak_in_flight as f64 >= self.limit * 0.75 || self.contended) {
                 // Fast growth only while the origin shows no queueing at all (under half the
                 // tolerance) and no cut happened lately; near the knee, one at a time.
                 let clear = ratio <= 1.0 + (c.tolerance - 1.0) / 2.0;
@@ -233,6 +239,7 @@ impl GradientLimit {
                 } else {
                     1.0
                 };
+                self.grew = true;
             }
             self.cautious = self.cautious.saturating_sub(1);
         }
