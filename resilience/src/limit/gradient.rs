@@ -16,6 +16,9 @@
 //!   half the tolerance: fast from a cold start), else by one per window, and by one per
 //!   window for a while after any cut (the knee is near: probe past it gently). A window
 //!   after one that grew never grows: its round trips were admitted under the old limit;
+//! - a limit clearly unused (in-flight under half of it, nobody waiting or shed) comes down by
+//!   5 % a window, never below twice the in-flight seen: what the next surge meets is a limit
+//!   recent traffic vouched for, not one learnt long ago;
 //! - always within `[min, max]`.
 
 use std::time::{Duration, Instant};
@@ -230,6 +233,10 @@ impl GradientLimit {
             if ratio > c.tolerance {
                 self.limit *= (1.0 / ratio).max(0.5);
                 self.cautious = CAUTIOUS_WINDOWS;
+            } else if !self.contended && (self.peak_in_flight as f64) < self.limit * 0.5 {
+                // Clearly unused: come down toward twice what is used, so that a limit learnt
+                // long ago is not what the next surge meets.
+                self.limit = (self.limit * 0.95).max(2.0 * self.peak_in_flight as f64);
             } else if !grew && (self.peak_in_flight as f64 >= self.limit * 0.75 || self.contended) {
                 // Fast growth only while the origin shows no queueing at all (under half the
                 // tolerance) and no cut happened lately; near the knee, one at a time.
