@@ -68,9 +68,7 @@ impl Overload {
         headers: &HeaderMap,
         client: Option<IpAddr>,
     ) -> Priority {
-        self.trusted_header(headers, client)
-            .or(route)
-            .unwrap_or_default()
+        self.priority_with_identity(route, headers, client, None)
     }
 
     /// The priority after the filters ran: the trusted header, else the claim of the
@@ -93,9 +91,8 @@ impl Overload {
     }
 
     fn trusted_header(&self, headers: &HeaderMap, client: Option<IpAddr>) -> Option<Priority> {
-        let (name, from) = self.header.as_ref()?;
-        let client = client?;
-        if !from.iter().any(|n| n.contains(&client)) {
+        let name = self.header_name()?;
+        if !self.trusts(client) {
             return None;
         }
         Priority::parse(headers.get(name)?.to_str().ok()?).ok()

@@ -80,29 +80,50 @@ fn artifacts() -> PathBuf {
     dir
 }
 
-/// Polls the page until the breaker card of `cluster` shows `state`.
-async fn wait_for_state(c: &Client, cluster: &str, state: &str) {
-    let selector = format!("#breaker-{cluster} .state");
+/// Polls the page until what `selector` shows (the attribute `attr`, or its text) passes
+/// `ok`; on timeout saves a screenshot as `shot` and fails. Returns what it showed.
+async fn wait_shown(
+    c: &Client,
+    selector: &str,
+    attr: Option<&str>,
+    ok: impl Fn(&str) -> bool,
+    shot: &str,
+) -> String {
     let end = Instant::now() + Duration::from_secs(15);
     loop {
-        let shown = match c.find(Locator::Css(&selector)).await {
-            Ok(e) => e.attr("data-state").await.ok().flatten(),
-            Err(_) => None,
+        let shown = match c.find(Locator::Css(selector)).await {
+            Ok(e) => match attr {
+                Some(a) => e.attr(a).await.ok().flatten().unwrap_or_default(),
+                None => e.text().await.unwrap_or_default(),
+            },
+            Err(_) => String::new(),
         };
-        if shown.as_deref() == Some(state) {
-            return;
+        if ok(&shown) {
+            return shown;
         }
         if Instant::now() >= end {
-            let shot = c.screenshot().await.unwrap_or_default();
-            let path = artifacts().join(format!("timeout-{cluster}-{state}.png"));
-            let _ = std::fs::write(&path, shot);
+            let png = c.screenshot().await.unwrap_or_default();
+            let path = artifacts().join(format!("timeout-{shot}.png"));
+            let _ = std::fs::write(&path, png);
             panic!(
-                "the dashboard never showed {cluster} {state} (last: {shown:?}; screenshot {})",
+                "the dashboard never showed what was awaited at {selector} (last: {shown:?}; screenshot {})",
                 path.display()
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Polls the page until the breaker card of `cluster` shows `state`.
+async fn wait_for_state(c: &Client, cluster: &str, state: &str) {
+    let selector = format!("#breaker-{cluster} .state");
+    let shot = format!("{cluster}-{state}");
+    wait_shown(c, &selector, Some("data-state"), |s| s == state, &shot).await;
+}
+
+/// Polls the page until the element at `selector` shows text containing `want`.
+async fn wait_for_text(c: &Client, selector: &str, want: &str) -> String {
+    wait_shown(c, selector, None, |s| s.contains(want), "text").await
 }
 
 #[tokio::test]
@@ -171,30 +192,6 @@ async fn the_dashboard_shows_a_breaker_open_while_its_upstream_fails() {
     let (_, j) = get_json(&http, &gw.admin_url("/breakers/titles")).await;
     assert_eq!(j["breaker"]["state"], "forced_closed", "{j}");
     c.close().await.expect("close the browser");
-}
-
-/// Polls the page until the element at `selector` shows text containing `want`.
-async fn wait_for_text(c: &Client, selector: &str, want: &str) -> String {
-    let end = Instant::now() + Duration::from_secs(15);
-    loop {
-        let shown = match c.find(Locator::Css(selector)).await {
-            Ok(e) => e.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-        if shown.contains(want) {
-            return shown;
-        }
-        if Instant::now() >= end {
-            let shot = c.screenshot().await.unwrap_or_default();
-            let path = artifacts().join("timeout-shed.png");
-            let _ = std::fs::write(&path, shot);
-            panic!(
-                "the dashboard never showed {want:?} at {selector} (last: {shown:?}; screenshot {})",
-                path.display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test]

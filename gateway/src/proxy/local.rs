@@ -18,12 +18,10 @@ use crate::runtime::Route;
 use resilience::Failure;
 
 impl GatewayProxy {
-    /// Screens the request head before anything else (limits, path normalization, client
-    /// address; [`crate::edge::screen`]). Returns whether the gateway answered it.
-    /// Decides the request's priority before its filters run (a priority header from an
-    /// untrusted client is removed) and takes a slot of the gateway's inbound limit. A shed
-    /// request is answered here (503, `Retry-After`; gRPC `RESOURCE_EXHAUSTED`) and `true`
-    /// returned.
+    /// Removes a priority header an untrusted client sent; then, when the gateway has an
+    /// inbound limit, takes a slot of it for the request's priority as known before its
+    /// filters run (trusted header, route). A shed request is answered here (503,
+    /// `Retry-After`; gRPC `RESOURCE_EXHAUSTED`) and `true` returned.
     pub(super) async fn admit_inbound(
         &self,
         session: &mut Session,
@@ -36,9 +34,12 @@ impl GatewayProxy {
                 session.req_header_mut().remove_header(name);
             }
         }
+        if overload.inbound.is_none() {
+            return Ok(false);
+        }
         let headers = &session.req_header().headers;
-        ctx.priority = overload.priority(route.policy.priority, headers, ctx.client_ip);
-        match ctx.runtime.clone().overload.admit(ctx.priority).await {
+        let priority = overload.priority(route.policy.priority, headers, ctx.client_ip);
+        match overload.admit(priority).await {
             Ok(slot) => {
                 ctx._inbound = slot;
                 Ok(false)
@@ -51,6 +52,8 @@ impl GatewayProxy {
         }
     }
 
+    /// Screens the request head before anything else (limits, path normalization, client
+    /// address; [`crate::edge::screen`]). Returns whether the gateway answered it.
     pub(super) async fn screen(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let local = session
             .digest()

@@ -16,7 +16,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
-use resilience::{Failure, LimitPermit, Priority};
+use resilience::{Failure, LimitPermit};
 
 use crate::edge::HeadLimits;
 use crate::errors::{upstream_failure, GatewayError};
@@ -90,8 +90,6 @@ pub(crate) struct RequestCtx {
     in_proxy_loop: bool,
     /// The W3C trace context and, when tracing is on, the request's spans.
     trace: RequestTrace,
-    /// The request's priority as known before its filters ran (route, trusted header).
-    priority: Priority,
     /// The request's slot of the gateway's inbound limit, if it has one.
     _inbound: Option<LimitPermit>,
     /// Holds the request in its route's in-flight gauge.
@@ -143,7 +141,6 @@ impl ProxyHttp for GatewayProxy {
             capture: None,
             in_proxy_loop: false,
             trace: RequestTrace::default(),
-            priority: Priority::default(),
             _inbound: None,
             _route_flight: None,
             _in_flight: self.state.track(),

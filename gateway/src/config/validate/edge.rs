@@ -185,21 +185,7 @@ pub(super) fn listener_edge(
 }
 
 fn client_address(raw: &RawHttp, issues: &mut Issues<'_>) -> ClientAddressPolicy {
-    let mut trusted = Vec::new();
-    for cidr in raw.trusted_proxies.iter().flatten() {
-        let text = cidr.get_ref().trim();
-        let parsed = text
-            .parse::<ipnet::IpNet>()
-            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
-        match parsed {
-            Ok(n) => trusted.push(n.trunc()),
-            Err(_) => issues.at(
-                cidr.span(),
-                format!("trusted_proxies entry `{text}` is not an IP address or CIDR"),
-                "write addresses or networks such as \"10.0.0.0/8\" or \"192.0.2.7\"",
-            ),
-        }
-    }
+    let trusted = super::networks(raw.trusted_proxies.as_ref(), "trusted_proxies", issues);
     let hops = raw.xff_trusted_hops.as_ref().map(|_| {
         ranged(&raw.xff_trusted_hops, "xff_trusted_hops", 1, 16, 1, issues).unsigned_abs() as u32
     });

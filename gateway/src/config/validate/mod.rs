@@ -279,6 +279,31 @@ pub(super) fn ranged(
     }
 }
 
+/// Reads `key`, a list of addresses and networks (`"10.0.0.0/8"`, `"192.0.2.7"`), into
+/// networks; an entry that is neither is an issue.
+pub(super) fn networks(
+    list: Option<&Vec<Spanned<String>>>,
+    key: &str,
+    issues: &mut Issues<'_>,
+) -> Vec<ipnet::IpNet> {
+    let mut out = Vec::new();
+    for entry in list.into_iter().flatten() {
+        let text = entry.get_ref().trim();
+        match text
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        {
+            Ok(n) => out.push(n.trunc()),
+            Err(_) => issues.at(
+                entry.span(),
+                format!("{key} entry `{text}` is not an IP address or CIDR"),
+                "write addresses or networks such as \"10.0.0.0/8\" or \"192.0.2.7\"",
+            ),
+        }
+    }
+    out
+}
+
 pub(super) fn ms(
     v: &Option<Spanned<i64>>,
     key: &str,

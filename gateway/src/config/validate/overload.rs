@@ -210,21 +210,11 @@ pub(super) fn overload(raw: &RawConfig, issues: &mut Issues<'_>) -> OverloadSett
             );
             return None;
         };
-        let mut from = Vec::new();
-        for cidr in o.priority_header_from.iter().flatten() {
-            let text = cidr.get_ref().trim();
-            match text
-                .parse::<ipnet::IpNet>()
-                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-            {
-                Ok(n) => from.push(n.trunc()),
-                Err(_) => issues.at(
-                    cidr.span(),
-                    format!("priority_header_from entry `{text}` is not an IP address or CIDR"),
-                    "write addresses or networks such as \"10.0.0.0/8\" or \"127.0.0.1\"",
-                ),
-            }
-        }
+        let from = super::networks(
+            o.priority_header_from.as_ref(),
+            "priority_header_from",
+            issues,
+        );
         if from.is_empty() {
             issues.at(
                 h.span(),
