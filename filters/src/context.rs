@@ -38,6 +38,27 @@ impl Identity {
     }
 }
 
+/// The client certificate a mutual-TLS listener verified for the connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerCertificate {
+    /// Subject distinguished name (`CN=client, O=Acme`).
+    pub subject: String,
+    /// Issuer distinguished name.
+    pub issuer: String,
+    /// DNS subject alternative names.
+    pub dns_names: Vec<String>,
+    /// URI subject alternative names.
+    pub uris: Vec<String>,
+    /// E-mail subject alternative names.
+    pub emails: Vec<String>,
+    /// The SPIFFE ID (the `spiffe://` URI SAN), when the certificate has exactly one.
+    pub spiffe_id: Option<String>,
+    /// SHA-256 of the certificate's DER, lowercase hex.
+    pub fingerprint_sha256: String,
+    /// Serial number, hex.
+    pub serial: String,
+}
+
 /// What a request carries through the chain: facts the proxy established (route, client
 /// address, request id), the verified identity, and typed values filters pass to each other.
 #[derive(Debug, Default)]
@@ -47,6 +68,7 @@ pub struct FilterContext {
     request_id: Option<HeaderValue>,
     tls: bool,
     identity: Option<Arc<Identity>>,
+    client_certificate: Option<Arc<PeerCertificate>>,
     values: http::Extensions,
     /// How many request filters ran (their response filters run on the response).
     pub(crate) ran: usize,
@@ -99,6 +121,16 @@ impl FilterContext {
     /// Sets the verified identity (authentication filters only).
     pub fn set_identity(&mut self, identity: Arc<Identity>) {
         self.identity = Some(identity);
+    }
+
+    /// The client certificate the listener verified (mutual TLS), if any.
+    pub fn client_certificate(&self) -> Option<&PeerCertificate> {
+        self.client_certificate.as_deref()
+    }
+
+    /// Sets the verified client certificate (the gateway does, from the TLS handshake).
+    pub fn set_client_certificate(&mut self, certificate: Arc<PeerCertificate>) {
+        self.client_certificate = Some(certificate);
     }
 
     /// A typed value a filter stored earlier in this request.

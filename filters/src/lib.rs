@@ -25,7 +25,7 @@ mod services;
 mod template;
 
 pub use chain::{FilterChain, NamedFilter};
-pub use context::{FilterContext, Identity};
+pub use context::{FilterContext, Identity, PeerCertificate};
 pub use filter::{Filter, Flow};
 pub use registry::{FilterConfigError, FilterFactory, FilterRegistry, FilterSettings};
 pub use services::{

@@ -1,6 +1,7 @@
 //! Header value templates: literal text with `${...}` placeholders filled from the request,
 //! parsed once at load (`${client_ip}`, `${request_id}`, `${route}`, `${claim.NAME}`,
-//! `${header.NAME}`; `$$` is a literal `$`).
+//! `${header.NAME}`, `${client_cert.subject|spiffe_id|fingerprint|dns}`; `$$` is a literal
+//! `$`).
 
 use http::header::HeaderName;
 use http::{request, HeaderValue};
@@ -14,7 +15,7 @@ pub enum TemplateError {
     #[error("`${{` at byte {0} has no closing `}}`")]
     Unclosed(usize),
     /// An unknown placeholder.
-    #[error("unknown placeholder `${{{0}}}`; use client_ip, request_id, route, claim.NAME or header.NAME")]
+    #[error("unknown placeholder `${{{0}}}`; use client_ip, request_id, route, claim.NAME, header.NAME or client_cert.(subject|spiffe_id|fingerprint|dns)")]
     Unknown(String),
     /// The literal text cannot appear in a header value.
     #[error("the text is not a valid header value (control characters?)")]
@@ -29,6 +30,17 @@ enum Part {
     Route,
     Claim(String),
     Header(HeaderName),
+    ClientCert(CertField),
+}
+
+/// A field of the verified client certificate (mutual TLS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CertField {
+    Subject,
+    SpiffeId,
+    Fingerprint,
+    /// The first DNS SAN.
+    Dns,
 }
 
 /// A parsed header value template.
@@ -63,6 +75,14 @@ impl Template {
                     _ => {
                         if let Some(c) = name.strip_prefix("claim.").filter(|c| !c.is_empty()) {
                             Part::Claim(c.to_owned())
+                        } else if let Some(f) = name.strip_prefix("client_cert.") {
+                            Part::ClientCert(match f {
+                                "subject" => CertField::Subject,
+                                "spiffe_id" => CertField::SpiffeId,
+                                "fingerprint" => CertField::Fingerprint,
+                                "dns" => CertField::Dns,
+                                _ => return Err(TemplateError::Unknown(name.to_owned())),
+                            })
                         } else if let Some(h) = name
                             .strip_prefix("header.")
                             .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok())
@@ -119,6 +139,19 @@ impl Template {
                     out.extend_from_slice(ctx.identity()?.claim_text(c)?.as_bytes());
                 }
                 Part::Header(h) => out.extend_from_slice(req.headers.get(h)?.as_bytes()),
+                Part::ClientCert(f) => {
+                    let cert = ctx.client_certificate()?;
+                    match f {
+                        CertField::Subject => out.extend_from_slice(cert.subject.as_bytes()),
+                        CertField::SpiffeId => {
+                            out.extend_from_slice(cert.spiffe_id.as_deref()?.as_bytes())
+                        }
+                        CertField::Fingerprint => {
+                            out.extend_from_slice(cert.fingerprint_sha256.as_bytes())
+                        }
+                        CertField::Dns => out.extend_from_slice(cert.dns_names.first()?.as_bytes()),
+                    }
+                }
             }
         }
         HeaderValue::from_bytes(&out).ok()

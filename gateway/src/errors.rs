@@ -32,9 +32,10 @@ pub(crate) fn upstream_failure(e: &Error) -> Option<Failure> {
     use ErrorType::*;
     Some(match (e.etype(), e.esource()) {
         (ConnectTimedout, _) => Failure::ConnectTimeout,
+        (TLSHandshakeFailure | InvalidCert | HandshakeError | TLSWantX509Lookup, _) => Failure::Tls,
         (
             ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure
-            | TLSHandshakeFailure | TLSHandshakeTimedout | SocketError | BindError,
+            | TLSHandshakeTimedout | SocketError | BindError,
             _,
         ) => Failure::Connect,
         (ReadTimedout | WriteTimedout, ErrorSource::Upstream) => Failure::Timeout,
@@ -72,9 +73,11 @@ impl GatewayError {
                 | Failure::CircuitOpen
                 | Failure::BulkheadFull
                 | Failure::Shed => 503,
-                Failure::Connect | Failure::Reset | Failure::Status(_) | Failure::BadResponse => {
-                    502
-                }
+                Failure::Connect
+                | Failure::Tls
+                | Failure::Reset
+                | Failure::Status(_)
+                | Failure::BadResponse => 502,
                 Failure::ConnectTimeout | Failure::Timeout => 504,
             },
             Self::BadRequest | Self::InvalidPath(_) => 400,
@@ -91,6 +94,7 @@ impl GatewayError {
             Self::Upstream(f) => match f {
                 Failure::NoEndpoints => "no_endpoints",
                 Failure::Connect => "upstream_connect_failed",
+                Failure::Tls => "upstream_tls_failed",
                 Failure::ConnectTimeout => "upstream_connect_timeout",
                 Failure::Timeout => "upstream_timeout",
                 Failure::Reset => "upstream_error",
@@ -119,6 +123,9 @@ impl GatewayError {
             Self::Upstream(f) => match f {
                 Failure::NoEndpoints => "the route's cluster has no endpoints",
                 Failure::Connect => "could not connect to an upstream endpoint",
+                Failure::Tls => {
+                    "the TLS handshake with the upstream failed: its certificate is not trusted or not for the name asked, or no protocol in common"
+                }
                 Failure::ConnectTimeout => "connecting to the upstream timed out",
                 Failure::Timeout => "the upstream did not respond in time",
                 Failure::Reset => "the upstream response was broken or cut short",

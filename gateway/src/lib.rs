@@ -26,6 +26,7 @@ mod router;
 mod runtime;
 mod server;
 mod telemetry;
+mod tls;
 
 pub use builder::{Gateway, GatewayBuilder};
 /// The filter API, re-exported so a plugin crate needs only `gateway` as a dependency.

@@ -81,6 +81,11 @@ pub(crate) struct Metrics {
     limit_decisions: IntCounterVec,
     limit_store: HistogramVec,
     limit_store_errors: IntCounter,
+    tls_handshakes: IntCounterVec,
+    tls_handshake_failures: IntCounterVec,
+    tls_reloads: IntCounterVec,
+    tls_expiry: GaugeVec,
+    acme_orders: IntCounterVec,
     /// One scrape at a time sets the state gauges.
     scrape: Mutex<()>,
 }
@@ -160,6 +165,11 @@ impl Metrics {
             limit_decisions: family!(reg, IntCounterVec, "gateway_rate_limit_decisions_total", "Cluster-wide rate limit decisions by mode (local: this gateway's share; global: the store decided; degraded: the store was away) and result.", &["mode", "result"]),
             limit_store: histogram_family(reg, "gateway_rate_limit_store_duration_seconds", "Time of the limit store's (Redis) calls, by result (ok, error).", &["result"]),
             limit_store_errors: registered(reg, IntCounter::new("gateway_rate_limit_store_errors_total", "Limit store (Redis) calls that failed or timed out.").expect("valid metric")),
+            tls_handshakes: family!(reg, IntCounterVec, "gateway_tls_handshakes_total", "TLS handshakes completed, by listener and version.", &["listener", "version"]),
+            tls_handshake_failures: family!(reg, IntCounterVec, "gateway_tls_handshake_failures_total", "TLS handshakes that failed after the ClientHello, by listener and reason (protocol, no_certificate, client_cert_missing, client_cert_untrusted, client_cert_expired, aborted).", &["listener", "reason"]),
+            tls_reloads: family!(reg, IntCounterVec, "gateway_tls_certificate_reloads_total", "Reloads of a listener's certificate files by result (applied, rejected: the old ones keep serving).", &["listener", "result"]),
+            tls_expiry: family!(reg, GaugeVec, "gateway_tls_certificate_expiry_timestamp_seconds", "When each served certificate expires (Unix time), by listener, its names and where it came from.", &["listener", "names", "source"]),
+            acme_orders: family!(reg, IntCounterVec, "gateway_acme_orders_total", "ACME certificate orders by result (issued, failed).", &["result"]),
             scrape: Mutex::new(()),
             registry: r,
         };
@@ -269,6 +279,29 @@ impl Metrics {
         }
     }
 
+    /// The completed-handshake counter of a listener and TLS version.
+    pub(crate) fn tls_handshakes(&self, listener: &str, version: &str) -> IntCounter {
+        self.tls_handshakes.with_label_values(&[listener, version])
+    }
+
+    /// The failed-handshake counter of a listener and reason.
+    pub(crate) fn tls_handshake_failures(&self, listener: &str, reason: &str) -> IntCounter {
+        self.tls_handshake_failures
+            .with_label_values(&[listener, reason])
+    }
+
+    /// Counts a reload of a listener's certificate files.
+    pub(crate) fn tls_reload(&self, listener: &str, result: &str) {
+        self.tls_reloads
+            .with_label_values(&[listener, result])
+            .inc();
+    }
+
+    /// Counts an ACME order.
+    pub(crate) fn acme_order(&self, result: &str) {
+        self.acme_orders.with_label_values(&[result]).inc();
+    }
+
     /// Counts a reload attempt.
     pub(crate) fn config_reload(&self, result: &str, source: &str) {
         self.config_reloads
@@ -328,6 +361,12 @@ impl Metrics {
         self.discovery_staleness.reset();
         self.limit_min_rtt.reset();
         self.limit_sample_rtt.reset();
+        self.tls_expiry.reset();
+        for (listener, names, source, not_after) in &scrape.certificates {
+            self.tls_expiry
+                .with_label_values(&[listener.as_str(), names, source])
+                .set(*not_after as f64);
+        }
         if let Some(l) = &scrape.inbound {
             self.set_limiter("inbound", "-", l);
         }
@@ -397,6 +436,8 @@ pub(crate) struct Scrape {
     pub(crate) draining: bool,
     /// The gateway's inbound limit, when it has one.
     pub(crate) inbound: Option<LimiterSnapshot>,
+    /// Served certificates: listener, names, source, not-after (Unix seconds).
+    pub(crate) certificates: Vec<(String, String, String, i64)>,
 }
 
 /// One cluster's state gauges.

@@ -263,6 +263,15 @@ impl Reloader {
                 return self.rejected(source, e.to_string()).await;
             }
         };
+        // Certificates and client CAs are loaded before anything changes: a bad pair refuses
+        // the whole version, and the running one keeps serving.
+        let tls = match self.state.tls().prepare(&config) {
+            Ok(t) => t,
+            Err(e) => {
+                drop(running);
+                return self.rejected(source, e).await;
+            }
+        };
         let pending_restart = self.restart_only_changes(&config);
         if !pending_restart.is_empty() {
             tracing::warn!(source, settings = ?pending_restart, "config reload: these settings take effect only after a restart (use a graceful upgrade)");
@@ -285,6 +294,7 @@ impl Reloader {
         let runtime = Arc::new(runtime);
         watches.sync(&runtime, &config, &handle);
         self.state.swap(runtime.clone());
+        self.state.tls().install(tls);
         *running_config = config;
         let version = Version {
             generation: current.generation + 1,
@@ -353,22 +363,23 @@ impl Reloader {
     fn restart_only_changes(&self, config: &Config) -> Vec<&'static str> {
         let s = &self.started;
         let mut out = Vec::new();
-        // A listener's edge settings apply to new connections at once; its socket settings
-        // (address, TLS, h2c, PROXY protocol before TLS) need a restart.
-        fn sockets(
-            c: &Config,
-        ) -> Vec<(
-            &str,
+        // A listener's edge settings, certificates and client CAs apply to new connections at
+        // once; its socket settings (address, TLS on or off, TLS versions, ciphers and
+        // resumption, h2c, PROXY protocol before TLS) need a restart.
+        type Socket<'a> = (
+            &'a str,
             std::net::SocketAddr,
             bool,
-            Option<&crate::config::TlsFiles>,
+            Option<(crate::config::TlsVersion, Option<&'a str>, bool)>,
             bool,
-        )> {
+        );
+        fn sockets(c: &Config) -> Vec<Socket<'_>> {
             c.listeners
                 .iter()
                 .map(|l| {
                     let pre_tls = l.tls.is_some() && l.edge.proxy_protocol;
-                    (l.name.as_str(), l.address, l.h2c, l.tls.as_ref(), pre_tls)
+                    let tls = l.tls.as_ref().map(|t| t.socket_settings());
+                    (l.name.as_str(), l.address, l.h2c, tls, pre_tls)
                 })
                 .collect()
         }

@@ -381,6 +381,8 @@ pub(crate) struct GatewayState {
     in_flight: AtomicU64,
     idle: Notify,
     draining: AtomicBool,
+    /// The TLS listeners' certificates and the ACME client (set once at start).
+    tls: std::sync::OnceLock<Arc<crate::tls::Tls>>,
 }
 
 impl GatewayState {
@@ -391,6 +393,21 @@ impl GatewayState {
             in_flight: AtomicU64::new(0),
             idle: Notify::new(),
             draining: AtomicBool::new(false),
+            tls: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Sets the TLS state (once, at start).
+    pub(crate) fn set_tls(&self, tls: Arc<crate::tls::Tls>) {
+        let _ = self.tls.set(tls);
+    }
+
+    /// The TLS listeners' certificates and the ACME client (empty before start and in tests).
+    pub(crate) fn tls(&self) -> &crate::tls::Tls {
+        static NONE: std::sync::OnceLock<crate::tls::Tls> = std::sync::OnceLock::new();
+        match self.tls.get() {
+            Some(t) => t,
+            None => NONE.get_or_init(crate::tls::Tls::default),
         }
     }
 

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
-use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::Opt;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{ExecutionPhase, RunArgs, Server, ShutdownWatch};
@@ -37,12 +36,10 @@ pub(crate) enum StartError {
         source: std::io::Error,
     },
     /// TLS files could not be loaded.
-    #[error(
-        "TLS listener {address}: {message}; fix: give a PEM certificate chain and its private key"
-    )]
+    #[error("TLS ({listener}): {message}; fix: give a PEM certificate chain and its private key, in date")]
     Tls {
-        /// Listener address.
-        address: std::net::SocketAddr,
+        /// Listener name.
+        listener: String,
         /// What went wrong.
         message: String,
     },
@@ -114,6 +111,13 @@ pub(crate) fn run(
     }
     let watches = runtime.discovery_watches(&config);
     let state = Arc::new(GatewayState::new(runtime));
+    let tls = Arc::new(
+        crate::tls::Tls::build(&config).map_err(|message| StartError::Tls {
+            listener: "-".to_owned(),
+            message,
+        })?,
+    );
+    state.set_tls(tls.clone());
     let reloader = Arc::new(Reloader::new(
         state.clone(),
         registry,
@@ -180,19 +184,18 @@ pub(crate) fn run(
         }
         for l in group {
             let addr = l.address.to_string();
-            match &l.tls {
-                None => service.add_tcp(&addr),
-                Some(tls) => {
-                    let cert = tls.cert.to_string_lossy();
-                    let key = tls.key.to_string_lossy();
-                    let mut settings =
-                        TlsSettings::intermediate(&cert, &key).map_err(|e| StartError::Tls {
-                            address: l.address,
-                            message: e.to_string(),
-                        })?;
-                    settings.enable_h2();
+            match (&l.tls, tls.listeners.iter().find(|s| *s.name == *l.name)) {
+                (Some(spec), Some(server)) => {
+                    // ALPN (h2, HTTP/1.1, acme-tls/1) is chosen in the settings' callback.
+                    let settings = crate::tls::tls_settings(server, spec).map_err(|message| {
+                        StartError::Tls {
+                            listener: l.name.clone(),
+                            message,
+                        }
+                    })?;
                     service.add_tls_with_settings(&addr, None, settings);
                 }
+                _ => service.add_tcp(&addr),
             }
             tracing::info!(listener = %l.name, address = %l.address, tls = l.tls.is_some(), h2c = l.h2c, proxy_protocol = l.edge.proxy_protocol, "listening");
         }
@@ -215,6 +218,9 @@ pub(crate) fn run(
             reloader: reloader.clone(),
         },
     ));
+    if !tls.listeners.is_empty() || tls.acme.is_some() {
+        server.add_service(background_service("tls", TlsService { tls: tls.clone() }));
+    }
     if let (Some(service), Some(consul)) = (&config.fleet.register, &config.consul) {
         // The fleet's members are counted by the address clients reach them on.
         let address = config
@@ -474,6 +480,29 @@ impl BackgroundService for FleetService {
             stop,
         )
         .await;
+    }
+}
+
+/// How often certificate files are checked for changes (a change loads once it held still
+/// for one interval).
+const TLS_WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Reloads changed certificate files and keeps the ACME certificate current.
+struct TlsService {
+    tls: Arc<crate::tls::Tls>,
+}
+
+#[async_trait]
+impl BackgroundService for TlsService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tasks = vec![tokio::spawn(self.tls.clone().watch(TLS_WATCH_INTERVAL))];
+        if let Some(acme) = &self.tls.acme {
+            tasks.push(tokio::spawn(acme.clone().run(self.tls.clone())));
+        }
+        let _ = shutdown.changed().await;
+        for t in tasks {
+            t.abort();
+        }
     }
 }
 

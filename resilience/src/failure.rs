@@ -15,6 +15,9 @@ use crate::{Event, Outcome};
 pub enum Failure {
     /// Connecting failed (refused, unreachable, TLS): the request was not sent.
     Connect,
+    /// The TLS handshake with the dependency failed (its certificate is not trusted or not
+    /// for the name asked, or no protocol in common): the request was not sent.
+    Tls,
     /// Connecting took longer than the connect timeout: the request was not sent.
     ConnectTimeout,
     /// The attempt (or the call's deadline) timed out after the request was sent, or the
@@ -72,6 +75,7 @@ impl Failure {
             Self::BulkheadFull | Self::Shed => Event::Rejected,
             Self::ConnectTimeout | Self::Timeout => Event::Timeout,
             Self::Connect
+            | Self::Tls
             | Self::Reset
             | Self::Status(_)
             | Self::BadResponse
@@ -83,7 +87,7 @@ impl Failure {
     /// `status_503`, ...), as `X-Fallback` and the logs name it.
     pub fn reason(self) -> Cow<'static, str> {
         match self {
-            Self::Connect => "connect_failure".into(),
+            Self::Connect | Self::Tls => "connect_failure".into(),
             Self::ConnectTimeout | Self::Timeout => "timeout".into(),
             Self::Reset => "reset".into(),
             Self::Status(s) => format!("status_{s}").into(),
@@ -255,7 +259,7 @@ impl FailureSet {
     /// `connect_failure`; an unrelayable answer counts as status 502.
     pub fn contains(&self, failure: Failure) -> bool {
         match failure {
-            Failure::Connect => self.has(Condition::ConnectFailure),
+            Failure::Connect | Failure::Tls => self.has(Condition::ConnectFailure),
             Failure::ConnectTimeout => {
                 self.has(Condition::ConnectFailure) || self.has(Condition::Timeout)
             }

@@ -153,8 +153,35 @@ fn state_router(state: Arc<GatewayState>) -> Router {
         .route("/breakers/{cluster}/{action}", post(breaker_action))
         .route("/fleet", get(fleet))
         .route("/overload", get(overload))
+        .route("/certificates", get(certificates))
+        .route("/certificates/renew", post(certificates_renew))
         .fallback(not_found)
         .with_state(state)
+}
+
+/// Every TLS listener's certificates (names, issuer, expiry, which is the default), client
+/// CAs, reload status and handshake counts, and the ACME client's state.
+async fn certificates(State(state): State<Arc<GatewayState>>) -> Response {
+    Json(state.tls().describe()).into_response()
+}
+
+/// Orders a new ACME certificate now (the renewal loop does it; this answers at once).
+async fn certificates_renew(State(state): State<Arc<GatewayState>>) -> Response {
+    match &state.tls().acme {
+        Some(acme) => {
+            acme.renew_now();
+            (
+                axum::http::StatusCode::ACCEPTED,
+                Json(json!({"renewing": true, "see": "/certificates"})),
+            )
+                .into_response()
+        }
+        None => (
+            axum::http::StatusCode::NOT_FOUND,
+            Json(json!({"error": "no [acme] section is configured"})),
+        )
+            .into_response(),
+    }
 }
 
 /// The fleet: its size and where it comes from, the limit store and its breaker, and the

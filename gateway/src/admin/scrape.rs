@@ -55,5 +55,6 @@ pub(super) fn scrape(state: &GatewayState, reloader: Option<&Reloader>) -> Scrap
             .inbound
             .as_ref()
             .map(|i| i.limiter.snapshot()),
+        certificates: state.tls().expiries(),
     }
 }

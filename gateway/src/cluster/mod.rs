@@ -62,8 +62,26 @@ impl EndpointState {
     }
 
     fn with_stats(endpoint: Endpoint, spec: &ClusterSpec, stats: Arc<EndpointStats>) -> Self {
-        let mut peer = HttpPeer::new(endpoint.address, false, String::new());
+        let mut peer = match &spec.tls {
+            Some(t) => {
+                let mut peer = HttpPeer::new(endpoint.address, true, t.sni.clone());
+                peer.client_cert_key = t.material.client.clone();
+                peer
+            }
+            None => HttpPeer::new(endpoint.address, false, String::new()),
+        };
         let o = &mut peer.options;
+        if let Some(t) = &spec.tls {
+            o.verify_cert = t.verify;
+            o.verify_hostname = t.verify;
+            o.ca = t.material.ca.clone();
+            o.alpn = if spec.protocol == UpstreamProtocol::H2 {
+                ALPN::H2
+            } else {
+                ALPN::H2H1
+            };
+            o.max_h2_streams = spec.max_h2_streams;
+        }
         o.connection_timeout = Some(spec.timeouts.connect);
         o.read_timeout = Some(spec.timeouts.read);
         o.write_timeout = Some(spec.timeouts.write);
@@ -440,6 +458,8 @@ impl Cluster {
             protocol: match self.spec.protocol {
                 UpstreamProtocol::Http1 => "http1",
                 UpstreamProtocol::H2c => "h2c",
+                UpstreamProtocol::Https => "https",
+                UpstreamProtocol::H2 => "h2",
             },
             breaker: self
                 .breaker

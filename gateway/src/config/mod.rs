@@ -55,6 +55,38 @@ pub(crate) struct Config {
     pub fleet: FleetSettings,
     /// The inbound limit and the sources of request priority (`[overload]`).
     pub overload: OverloadSettings,
+    /// Automatic certificates (`[acme]`).
+    pub acme: Option<AcmeSettings>,
+}
+
+/// `[acme]`: a certificate obtained and renewed from an ACME (RFC 8555) CA.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct AcmeSettings {
+    /// The CA's directory URL.
+    pub directory: String,
+    /// Account contacts (`mailto:` URLs).
+    pub contact: Vec<String>,
+    /// The names of the one certificate it keeps.
+    pub domains: Vec<String>,
+    /// How the CA validates the names.
+    pub challenge: AcmeChallenge,
+    /// Where the account and the certificate are kept.
+    pub storage: PathBuf,
+    /// A PEM root to trust for the directory's HTTPS (a private or test CA).
+    pub ca: Option<PathBuf>,
+    /// Renew when the certificate has less than this left.
+    pub renew_before: Duration,
+    /// How often the certificate's age is checked.
+    pub check_interval: Duration,
+}
+
+/// An ACME challenge type the gateway answers on its own listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AcmeChallenge {
+    /// `GET /.well-known/acme-challenge/TOKEN` on a plain listener.
+    Http01,
+    /// A self-signed certificate over ALPN `acme-tls/1` on a TLS listener (RFC 8737).
+    TlsAlpn01,
 }
 
 /// `[overload]`: the gateway's own inbound limit and where request priorities come from.
@@ -213,20 +245,63 @@ pub(crate) struct ListenerSpec {
     pub address: SocketAddr,
     /// Accept HTTP/2 with prior knowledge on this plain-text listener (gRPC clients).
     pub h2c: bool,
-    /// TLS certificate and key; HTTP/2 is offered via ALPN when set.
-    pub tls: Option<TlsFiles>,
+    /// TLS (certificates by SNI, client certificates, versions); HTTP/2 is offered via ALPN
+    /// when set.
+    pub tls: Option<ListenerTls>,
     /// Path normalization, limits, deadlines, caps, client address (`[http]` and
     /// `[listeners.http]`).
     pub edge: crate::edge::ListenerEdge,
 }
 
-/// PEM files of a TLS listener.
+/// A TLS listener's settings (`[listeners.tls]`).
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct TlsFiles {
-    /// Certificate chain.
-    pub cert: PathBuf,
-    /// Private key.
-    pub key: PathBuf,
+pub(crate) struct ListenerTls {
+    /// Certificate files: the first is the default (for clients without SNI or with an
+    /// unknown name); the others are chosen by the names they cover.
+    pub certificates: Vec<crate::tls::PairFiles>,
+    /// Also serve the certificate `[acme]` obtains.
+    pub acme: bool,
+    /// Lowest TLS version accepted.
+    pub min_version: TlsVersion,
+    /// TLS 1.2 cipher list (OpenSSL syntax); `None`: Mozilla's intermediate list.
+    pub ciphers: Option<String>,
+    /// Session resumption (tickets and the session cache).
+    pub session_resumption: bool,
+    /// Client certificates (mutual TLS).
+    pub client_auth: Option<ClientAuthSpec>,
+}
+
+impl ListenerTls {
+    /// Settings fixed when the listening socket is built (a restart changes them).
+    pub(crate) fn socket_settings(&self) -> (TlsVersion, Option<&str>, bool) {
+        (
+            self.min_version,
+            self.ciphers.as_deref(),
+            self.session_resumption,
+        )
+    }
+}
+
+/// A TLS protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TlsVersion {
+    /// TLS 1.2.
+    V1_2,
+    /// TLS 1.3.
+    V1_3,
+}
+
+/// Client certificates on a listener.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ClientAuthSpec {
+    /// Refuse handshakes without a certificate (`required`), or accept them (`optional`);
+    /// a certificate that is presented must always verify.
+    pub required: bool,
+    /// PEM bundle of the CAs client certificates must chain to.
+    pub ca: PathBuf,
+    /// Whether the verified identity goes upstream in `X-Forwarded-Client-Cert` (it is
+    /// always removed from what clients send).
+    pub forward: bool,
 }
 
 /// How a cluster chooses an endpoint.
@@ -262,6 +337,10 @@ pub(crate) enum UpstreamProtocol {
     Http1,
     /// HTTP/2 over plain TCP with prior knowledge (gRPC backends).
     H2c,
+    /// TLS; HTTP/2 or HTTP/1.1 as ALPN settles.
+    Https,
+    /// TLS with HTTP/2 only (gRPC over TLS).
+    H2,
 }
 
 /// Per-cluster timeouts.
@@ -297,6 +376,8 @@ pub(crate) struct ClusterSpec {
     pub load_balancing: LoadBalancing,
     /// Protocol to endpoints.
     pub protocol: UpstreamProtocol,
+    /// TLS to the endpoints (`https` and `h2`).
+    pub tls: Option<crate::tls::upstream::UpstreamTls>,
     /// Timeouts.
     pub timeouts: ClusterTimeouts,
     /// Concurrent streams per HTTP/2 upstream connection.
@@ -355,6 +436,16 @@ impl Config {
                  or listen on 127.0.0.1",
                 self.admin.address
             ));
+        }
+        out.extend(crate::tls::expiring(self, Duration::from_secs(14 * 86_400)));
+        for c in &self.clusters {
+            if let Some(t) = c.tls.as_ref().filter(|t| !t.verify) {
+                out.push(format!(
+                    "cluster `{}` does not verify its origins' TLS certificates (tls.verify = \
+                     false): anyone on the path can impersonate `{}`; give its CA in tls.ca instead",
+                    c.name, t.sni
+                ));
+            }
         }
         for l in &self.listeners {
             if !l.edge.paths.normalize {

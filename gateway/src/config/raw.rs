@@ -39,6 +39,23 @@ pub(crate) struct RawConfig {
     pub(crate) fleet: RawFleet,
     /// The gateway's own inbound limit and where request priorities come from (`[overload]`).
     pub(crate) overload: Option<Spanned<RawOverload>>,
+    /// Automatic certificates (`[acme]`).
+    pub(crate) acme: Option<Spanned<RawAcme>>,
+}
+
+/// `[acme]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAcme {
+    pub(crate) directory: Spanned<String>,
+    #[serde(default)]
+    pub(crate) contact: Vec<Spanned<String>>,
+    pub(crate) domains: Spanned<Vec<Spanned<String>>>,
+    pub(crate) challenge: Option<Spanned<String>>,
+    pub(crate) storage: Option<Spanned<String>>,
+    pub(crate) ca: Option<Spanned<String>>,
+    pub(crate) renew_before_days: Option<Spanned<i64>>,
+    pub(crate) check_interval_s: Option<Spanned<i64>>,
 }
 
 /// `[overload]`.
@@ -230,8 +247,44 @@ pub(crate) struct RawListener {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawTls {
+    /// The default certificate.
+    pub(crate) cert: Option<Spanned<String>>,
+    pub(crate) key: Option<Spanned<String>>,
+    /// More certificates, chosen by SNI.
+    #[serde(default)]
+    pub(crate) certificates: Vec<Spanned<RawCertPair>>,
+    /// Serve the `[acme]` certificate too.
+    #[serde(default)]
+    pub(crate) acme: bool,
+    pub(crate) min_version: Option<Spanned<String>>,
+    pub(crate) ciphers: Option<Spanned<String>>,
+    pub(crate) session_resumption: Option<bool>,
+    pub(crate) client_auth: Option<Spanned<RawClientAuth>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawUpstreamTls {
+    pub(crate) sni: Option<Spanned<String>>,
+    pub(crate) verify: Option<bool>,
+    pub(crate) ca: Option<Spanned<String>>,
+    pub(crate) cert: Option<Spanned<String>>,
+    pub(crate) key: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCertPair {
     pub(crate) cert: Spanned<String>,
     pub(crate) key: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawClientAuth {
+    pub(crate) mode: Spanned<String>,
+    pub(crate) ca: Spanned<String>,
+    pub(crate) forward: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -246,6 +299,8 @@ pub(crate) struct RawCluster {
     pub(crate) load_balancing: Option<Spanned<String>>,
     pub(crate) hash_key: Option<Spanned<String>>,
     pub(crate) protocol: Option<Spanned<String>>,
+    /// TLS to the endpoints (`protocol = "https"` or `"h2"`).
+    pub(crate) tls: Option<Spanned<RawUpstreamTls>>,
     pub(crate) connect_timeout_ms: Option<Spanned<i64>>,
     pub(crate) read_timeout_ms: Option<Spanned<i64>>,
     pub(crate) write_timeout_ms: Option<Spanned<i64>>,

@@ -54,6 +54,21 @@ impl GatewayProxy {
 
     /// Screens the request head before anything else (limits, path normalization, client
     /// address; [`crate::edge::screen`]). Returns whether the gateway answered it.
+    /// The answer to an ACME HTTP-01 validation (`GET /.well-known/acme-challenge/TOKEN`)
+    /// while an order is pending; `None` for every other request.
+    pub(super) fn acme_http01(&self, session: &Session) -> Option<filters::Response> {
+        const PREFIX: &str = "/.well-known/acme-challenge/";
+        let req = session.req_header();
+        let token = req.uri.path().strip_prefix(PREFIX)?;
+        let acme = self.state.tls().acme.as_ref()?;
+        let key_authorization = acme.http01(token)?;
+        http::Response::builder()
+            .status(200)
+            .header(http::header::CONTENT_TYPE, "application/octet-stream")
+            .body(bytes::Bytes::from(key_authorization))
+            .ok()
+    }
+
     pub(super) async fn screen(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let local = session
             .digest()

@@ -154,6 +154,24 @@ impl ProxyHttp for GatewayProxy {
             return Ok(true);
         }
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        if let Some(answer) = self.acme_http01(session) {
+            reply::write(session, ctx, Reply::answer(answer, Connection::KeepAlive)).await?;
+            return Ok(true);
+        }
+        let (client_cert, xfcc) = session
+            .digest()
+            .and_then(|d| d.ssl_digest.as_ref())
+            .and_then(|s| s.extension.get::<crate::tls::ConnTls>())
+            .map_or((None, None), |t| (t.client_cert.clone(), t.xfcc.clone()));
+        // The client-certificate header is the gateway's to set: never the client's.
+        if session.req_header().headers.contains_key(crate::tls::XFCC) {
+            session.req_header_mut().remove_header(&crate::tls::XFCC);
+        }
+        if let Some(xfcc) = xfcc {
+            session
+                .req_header_mut()
+                .insert_header(crate::tls::XFCC, xfcc)?;
+        }
         let req = session.req_header();
         let incoming_id = req
             .headers
@@ -191,6 +209,9 @@ impl ProxyHttp for GatewayProxy {
             Some(id.clone()),
             ctx.tls,
         );
+        if let Some(cert) = client_cert {
+            ctx.filters.set_client_certificate(cert);
+        }
         ctx.request_id = Some(id);
         if let Some(route) = ctx.route.clone() {
             if self.admit_inbound(session, ctx, &route).await? {

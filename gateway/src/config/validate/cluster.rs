@@ -119,6 +119,7 @@ fn hash_key(v: &Spanned<String>, issues: &mut Issues<'_>) -> Option<HashKey> {
 pub(super) fn cluster_spec(
     name: &Spanned<String>,
     c: &Spanned<RawCluster>,
+    base: &std::path::Path,
     issues: &mut Issues<'_>,
 ) -> Option<ClusterSpec> {
     let n = name.get_ref().clone();
@@ -200,15 +201,18 @@ pub(super) fn cluster_spec(
     {
         None | Some(("http1", _)) => UpstreamProtocol::Http1,
         Some(("h2c", _)) => UpstreamProtocol::H2c,
+        Some(("https", _)) => UpstreamProtocol::Https,
+        Some(("h2", _)) => UpstreamProtocol::H2,
         Some((other, s)) => {
             issues.at(
                 s,
                 format!("protocol `{other}` is unknown"),
-                "use \"http1\" (default) or \"h2c\" (HTTP/2 prior knowledge, for gRPC)",
+                "use \"http1\" (default), \"h2c\" (HTTP/2 prior knowledge, for gRPC), \"https\" (TLS, HTTP/2 or 1.1 by ALPN) or \"h2\" (TLS, HTTP/2 only: gRPC over TLS)",
             );
             UpstreamProtocol::Http1
         }
     };
+    let tls = super::tls::upstream_tls(&n, c, protocol, base, issues);
     let timeouts = ClusterTimeouts {
         connect: ms(&c.connect_timeout_ms, "connect_timeout_ms", 1_000, issues),
         read: ms(&c.read_timeout_ms, "read_timeout_ms", 30_000, issues),
@@ -224,6 +228,7 @@ pub(super) fn cluster_spec(
         endpoints,
         load_balancing,
         protocol,
+        tls,
         timeouts,
         max_h2_streams,
     })

@@ -15,6 +15,7 @@ mod fleet;
 mod overload;
 mod policy;
 mod routes;
+mod tls;
 
 use super::error::{line_col, ConfigError, ConfigIssue, Issues};
 use super::raw::{RawConfig, RawListener};
@@ -48,7 +49,7 @@ pub(super) fn validate(
     let mut clusters = Vec::new();
     let mut cluster_index = HashMap::new();
     for (name, cluster) in &raw.clusters {
-        if let Some(spec) = cluster_spec(name, cluster, &mut issues) {
+        if let Some(spec) = cluster_spec(name, cluster, base_dir, &mut issues) {
             cluster_index.insert(spec.name.clone(), clusters.len());
             clusters.push(spec);
         }
@@ -79,6 +80,7 @@ pub(super) fn validate(
         .any(|c| matches!(c.endpoints, EndpointSource::Consul(_)));
     let reload = reload_settings(&raw, &mut issues);
     let overload = overload::overload(&raw, &mut issues);
+    let acme = tls::acme(&raw, base_dir, &mut issues);
     let consul = consul_settings(
         &raw,
         uses_consul || reload.consul_kv.is_some() || fleet.register.is_some(),
@@ -103,6 +105,7 @@ pub(super) fn validate(
         redis,
         fleet,
         overload,
+        acme,
     })
 }
 
@@ -467,18 +470,10 @@ fn listeners(
                 "give each listener its own address",
             );
         }
-        let tls = l.tls.as_ref().and_then(|t| {
-            let cert = base.join(t.cert.get_ref());
-            let key = base.join(t.key.get_ref());
-            let mut ok = true;
-            for (p, s, what) in [(&cert, &t.cert, "certificate"), (&key, &t.key, "private key")] {
-                if !p.is_file() {
-                    issues.at(s.span(), format!("TLS {what} file `{}` does not exist", p.display()), "give the path of a PEM file (relative paths are relative to the config file)");
-                    ok = false;
-                }
-            }
-            ok.then_some(TlsFiles { cert, key })
-        });
+        let tls = l
+            .tls
+            .as_ref()
+            .and_then(|t| tls::listener_tls(t, config.acme.as_ref(), base, issues));
         let name = l
             .name
             .as_ref()
