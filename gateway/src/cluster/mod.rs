@@ -66,6 +66,7 @@ impl EndpointState {
             Some(t) => {
                 let mut peer = HttpPeer::new(endpoint.address, true, t.sni.clone());
                 peer.client_cert_key = t.material.client.clone();
+                peer.group_key = t.material.pool_key();
                 peer
             }
             None => HttpPeer::new(endpoint.address, false, String::new()),

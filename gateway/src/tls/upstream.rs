@@ -40,6 +40,18 @@ impl std::fmt::Debug for Material {
     }
 }
 
+impl Material {
+    /// A key for pingora's connection pool: pingora's pool key leaves out the roots a
+    /// connection was verified against, so without it a connection verified for one cluster
+    /// could be reused by another cluster that trusts different roots.
+    pub(crate) fn pool_key(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.digest.hash(&mut h);
+        h.finish()
+    }
+}
+
 impl PartialEq for Material {
     fn eq(&self, other: &Self) -> bool {
         self.digest == other.digest

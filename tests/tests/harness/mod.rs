@@ -85,6 +85,8 @@ mod gateway;
 mod http;
 mod jwt;
 mod otlp;
+mod pebble;
+mod pki;
 mod process;
 mod redis;
 
@@ -93,6 +95,8 @@ pub use gateway::*;
 pub use http::*;
 pub use jwt::*;
 pub use otlp::*;
+pub use pebble::*;
+pub use pki::*;
 pub use process::*;
 pub use redis::*;
 
