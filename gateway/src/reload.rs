@@ -364,13 +364,13 @@ impl Reloader {
         let s = &self.started;
         let mut out = Vec::new();
         // A listener's edge settings, certificates and client CAs apply to new connections at
-        // once; its socket settings (address, TLS on or off, TLS versions, ciphers and
-        // resumption, h2c, PROXY protocol before TLS) need a restart.
+        // once; its socket settings (address, TLS on or off, TLS versions, ciphers,
+        // resumption and ACME, h2c, PROXY protocol before TLS) need a restart.
         type Socket<'a> = (
             &'a str,
             std::net::SocketAddr,
             bool,
-            Option<(crate::config::TlsVersion, Option<&'a str>, bool)>,
+            Option<(crate::config::TlsVersion, Option<&'a str>, bool, bool)>,
             bool,
         );
         fn sockets(c: &Config) -> Vec<Socket<'_>> {
@@ -403,6 +403,9 @@ impl Reloader {
         }
         if s.reload != config.reload {
             out.push("reload");
+        }
+        if s.acme != config.acme {
+            out.push("acme");
         }
         out
     }

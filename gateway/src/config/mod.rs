@@ -272,12 +272,14 @@ pub(crate) struct ListenerTls {
 }
 
 impl ListenerTls {
-    /// Settings fixed when the listening socket is built (a restart changes them).
-    pub(crate) fn socket_settings(&self) -> (TlsVersion, Option<&str>, bool) {
+    /// Settings fixed when the listener is built (a restart changes them): versions,
+    /// ciphers, resumption, and whether it serves the ACME certificate.
+    pub(crate) fn socket_settings(&self) -> (TlsVersion, Option<&str>, bool, bool) {
         (
             self.min_version,
             self.ciphers.as_deref(),
             self.session_resumption,
+            self.acme,
         )
     }
 }
