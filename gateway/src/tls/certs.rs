@@ -442,3 +442,75 @@ impl CertSet {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(names: &[&str]) -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let params = rcgen::CertificateParams::new(
+            names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>(),
+        )
+        .expect("params");
+        let cert = params.self_signed(&key).expect("cert");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn load(names: &[&str]) -> Arc<CertifiedKey> {
+        let (c, k) = pair(names);
+        Arc::new(from_pem(c.as_bytes(), k.as_bytes(), "c", "k", unix_now()).expect("valid"))
+    }
+
+    #[test]
+    fn selection_is_exact_then_one_label_wildcard_then_default() {
+        let set = CertSet::new(vec![
+            load(&["default.test"]),
+            load(&["app.test"]),
+            load(&["*.wild.test"]),
+        ]);
+        let name = |sni: Option<&str>| {
+            let (c, matched) = set.select(sni);
+            (c[0].names[0].clone(), matched)
+        };
+        assert_eq!(name(Some("APP.test.")), ("app.test".into(), true));
+        assert_eq!(name(Some("x.wild.test")), ("*.wild.test".into(), true));
+        assert_eq!(name(Some("a.b.wild.test")), ("default.test".into(), false));
+        assert_eq!(name(Some("wild.test")), ("default.test".into(), false));
+        assert_eq!(name(None), ("default.test".into(), false));
+    }
+
+    #[test]
+    fn a_key_of_another_certificate_is_refused() {
+        let (cert, _) = pair(&["a.test"]);
+        let (_, other_key) = pair(&["b.test"]);
+        let e = from_pem(
+            cert.as_bytes(),
+            other_key.as_bytes(),
+            "a.pem",
+            "b.key",
+            unix_now(),
+        )
+        .expect_err("mismatch");
+        assert!(matches!(e, CertError::KeyMismatch { .. }), "{e}");
+        let e = from_pem(b"not pem", b"", "x.pem", "x.key", unix_now()).expect_err("garbage");
+        assert!(e.to_string().contains("x.pem"), "{e}");
+    }
+
+    #[test]
+    fn expiry_is_checked_against_now() {
+        let (cert, key) = pair(&["a.test"]);
+        let c = from_pem(cert.as_bytes(), key.as_bytes(), "a", "k", unix_now()).expect("valid");
+        let later = c.not_after + 10;
+        let e =
+            from_pem(cert.as_bytes(), key.as_bytes(), "a.pem", "k", later).expect_err("expired");
+        assert!(e.to_string().contains("expired 10 seconds ago"), "{e}");
+    }
+
+    #[test]
+    fn dates_render_as_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_798_871_346), "2027-01-02T06:29:06Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}
