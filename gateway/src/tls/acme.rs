@@ -18,6 +18,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use super::certs::{from_pem, rfc3339, unix_now, CertifiedKey};
+use super::lock;
 use crate::config::{AcmeChallenge, AcmeSettings};
 
 /// The ACME client's state: the certificate it serves and the challenges it answers.
@@ -49,10 +50,6 @@ struct Status {
     last_issued_at: Option<String>,
     last_error: Option<String>,
     next_check_at: Option<String>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl AcmeState {
