@@ -194,6 +194,8 @@ pub(crate) fn tls_settings(
     } else {
         s.set_options(SslOptions::NO_TICKET);
         s.set_session_cache_mode(SslSessionCacheMode::OFF);
+        // TLS 1.3 would still send (stateful) tickets that can never be redeemed.
+        s.set_num_tickets(0).map_err(|e| e.to_string())?;
     }
     let alpn = server.clone();
     s.set_alpn_select_callback(move |ssl, client| {
