@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
+use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora::server::configuration::Opt;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{ExecutionPhase, RunArgs, Server, ShutdownWatch};
@@ -184,6 +185,13 @@ pub(crate) fn run(
         }
         for l in group {
             let addr = l.address.to_string();
+            // No socket read buffer under the HTTP parser or OpenSSL: pingora's default is a
+            // 64 KiB buffer per connection for its whole life, most of an idle keep-alive
+            // connection's memory. HTTP/1 heads are read into the parser's own buffer in one
+            // call either way; TLS records are read ahead by OpenSSL into buffers it releases
+            // while the connection is idle (see tls::accept). Writes stay coalesced.
+            let endpoint = ListenerConfig::tcp(addr)
+                .l4_buffer(L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE));
             match (&l.tls, tls.listeners.iter().find(|s| *s.name == *l.name)) {
                 (Some(spec), Some(server)) => {
                     // ALPN (h2, HTTP/1.1, acme-tls/1) is chosen in the settings' callback.
@@ -193,9 +201,9 @@ pub(crate) fn run(
                             message,
                         }
                     })?;
-                    service.add_tls_with_settings(&addr, None, settings);
+                    service.add_listener(endpoint.tls(settings));
                 }
-                _ => service.add_tcp(&addr),
+                _ => service.add_listener(endpoint),
             }
             tracing::info!(listener = %l.name, address = %l.address, tls = l.tls.is_some(), h2c = l.h2c, proxy_protocol = l.edge.proxy_protocol, "listening");
         }

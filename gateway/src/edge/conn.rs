@@ -14,8 +14,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::apps::ServerApp;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::listeners::PreTlsProcess;
+use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::raw_connect::ProxyDigest;
@@ -207,7 +208,7 @@ async fn refuse(mut stream: Stream, why: Refusal) {
 #[async_trait]
 impl<A, S> ServerApp for EdgeApp<A, S>
 where
-    A: ServerApp + Send + Sync + 'static,
+    A: HttpServerApp + Send + Sync + 'static,
     S: ListenerSettings,
 {
     async fn process_new(
@@ -266,17 +267,105 @@ where
             }
         };
         let timeout = limits.head_timeout;
-        let h2 = matches!(stream.selected_alpn_proto(), Some(ALPN::H2));
-        let stream: Stream = if timeout.is_zero() || h2 {
-            stream
-        } else {
-            Box::new(HeadDeadline::new(stream, timeout))
-        };
-        self.inner.process_new(stream, shutdown).await
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            return self.inner.process_new(stream, shutdown).await;
+        }
+        let conn = Box::new(HeadDeadline::new(stream, timeout));
+        let h2c = self.inner.server_options().is_some_and(|o| o.h2c);
+        if h2c && conn.get_ssl_digest().is_none() {
+            // The h2c preface check (and HTTP/2) stays with pingora's own connection loop.
+            return self.inner.process_new(conn, shutdown).await;
+        }
+        self.serve_http1(conn, local, shutdown).await;
+        None
     }
 
     async fn cleanup(&self) {
         self.inner.cleanup().await;
+    }
+}
+
+impl<A: HttpServerApp + Send + Sync + 'static, S: ListenerSettings> EdgeApp<A, S> {
+    /// The HTTP/1.1 keep-alive loop, as pingora's `ServerApp::process_new` runs it (keep-alive
+    /// on, 60 s unless the service is shutting down; the request-count limit; settings carried
+    /// to the next request), with one difference that matters at the edge: between requests
+    /// a connection waits for its next bytes here, in a small future and holding no buffer,
+    /// and pingora's session (its state machine, its 4 KiB head buffer) exists only once a
+    /// request is arriving. Idle keep-alive connections are what a phone-facing edge holds
+    /// most of.
+    async fn serve_http1(
+        &self,
+        mut conn: Box<HeadDeadline>,
+        local: Option<SocketAddr>,
+        shutdown: &ShutdownWatch,
+    ) {
+        let mut persistent = None;
+        let mut first = true;
+        loop {
+            // The first request's wait is bounded by the head deadline (from the connection's
+            // start); later ones by the listener's idle timeout, read live.
+            let idle = if first {
+                Duration::ZERO
+            } else {
+                self.settings.with_listener(local, |e| e.idle_timeout)
+            };
+            if !next_request(&mut conn, idle, shutdown).await {
+                return;
+            }
+            let mut session = ServerSession::new_http1(conn);
+            match persistent.take() {
+                Some(settings) => HttpPersistentSettings::apply_to_session(settings, &mut session),
+                None => {
+                    session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+                    session.set_keepalive_reuses_remaining(
+                        self.inner
+                            .server_options()
+                            .and_then(|o| o.keepalive_request_limit),
+                    );
+                }
+            }
+            first = false;
+            let Some(reused) = self.inner.process_new_http(session, shutdown).await else {
+                return;
+            };
+            let (stream, settings) = reused.consume();
+            persistent = settings;
+            // The stream handed back is the one handed in.
+            conn = match stream.into_any().downcast::<HeadDeadline>() {
+                Ok(conn) => conn,
+                Err(_) => return,
+            };
+        }
+    }
+}
+
+/// Waits until `conn`'s next request starts to arrive (its first bytes are read and kept for
+/// the parser), the connection closes, `idle` passes (zero: no limit beyond the head
+/// deadline), or the service shuts down. True when a request is arriving.
+async fn next_request(conn: &mut HeadDeadline, idle: Duration, shutdown: &ShutdownWatch) -> bool {
+    if *shutdown.borrow() {
+        return false;
+    }
+    let mut watch = shutdown.clone();
+    let stopping = async move {
+        while !*watch.borrow_and_update() {
+            if watch.changed().await.is_err() {
+                // The server is gone: nothing will stop this connection but itself.
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let read = conn.await_bytes();
+    tokio::select! {
+        biased;
+        got = async {
+            if idle.is_zero() {
+                read.await
+            } else {
+                tokio::time::timeout(idle, read).await.unwrap_or(Ok(0))
+            }
+        } => matches!(got, Ok(n) if n > 0),
+        () = stopping => false,
     }
 }
 
@@ -346,24 +435,54 @@ struct HeadDeadline {
     phase: Phase,
     /// The last two bytes of the head read so far (the empty line may straddle reads).
     tail: [u8; 2],
-    /// The head's clock is running (`sleep` holds its deadline).
+    /// The head's clock is running (`deadline` is when it runs out).
     armed: bool,
+    deadline: Instant,
     /// No byte was read yet (an HTTP/2 preface turns the deadline off).
     first: bool,
-    sleep: Pin<Box<Sleep>>,
+    /// The timer, only while a read waits on an incomplete head (an idle connection holds
+    /// none).
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// Bytes read while waiting for a request ([`Self::await_bytes`]), served to the next
+    /// reads before the socket; `pending_at` is how many were served.
+    pending: Vec<u8>,
+    pending_at: usize,
 }
 
+/// How much of a request the wait between requests reads: most request heads arrive whole
+/// in one read of this size, so the parser's first read is served without a system call.
+const FIRST_READ: usize = 512;
+
 impl HeadDeadline {
+    /// `timeout` zero: no deadline (the wrapper still carries the wait between requests).
     fn new(inner: Stream, timeout: Duration) -> Self {
         Self {
             inner,
             timeout,
-            phase: Phase::Head,
+            phase: if timeout.is_zero() {
+                Phase::Off
+            } else {
+                Phase::Head
+            },
             tail: [0, 0],
             armed: true,
+            deadline: Instant::now() + timeout,
             first: true,
-            sleep: Box::pin(tokio::time::sleep(timeout)),
+            sleep: None,
+            pending: Vec::new(),
+            pending_at: 0,
         }
+    }
+
+    /// Reads the first bytes of the next request (through the deadline's bookkeeping) and keeps
+    /// them for the next reads; 0 at the end of the stream.
+    async fn await_bytes(&mut self) -> io::Result<usize> {
+        use tokio::io::AsyncReadExt;
+        let mut first = [0u8; FIRST_READ];
+        let n = self.read(&mut first).await?;
+        self.pending = first[..n].to_vec();
+        self.pending_at = 0;
+        Ok(n)
     }
 
     /// A response is being written: the next bytes read start the next request head. An
@@ -396,6 +515,7 @@ impl HeadDeadline {
         }
         if head_ends(self.tail, bytes) {
             self.phase = Phase::Body;
+            self.sleep = None;
             return;
         }
         self.tail = match bytes {
@@ -410,7 +530,7 @@ impl HeadDeadline {
     fn arm(&mut self) {
         if !self.armed {
             self.armed = true;
-            self.sleep.as_mut().reset(Instant::now() + self.timeout);
+            self.deadline = Instant::now() + self.timeout;
         }
     }
 }
@@ -444,6 +564,18 @@ impl AsyncRead for HeadDeadline {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.pending_at < this.pending.len() {
+            // Already seen by the deadline's bookkeeping when they were read.
+            let rest = &this.pending[this.pending_at..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            this.pending_at += n;
+            if this.pending_at == this.pending.len() {
+                this.pending = Vec::new();
+                this.pending_at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
@@ -458,7 +590,14 @@ impl AsyncRead for HeadDeadline {
                     return Poll::Pending;
                 }
                 this.arm();
-                if this.sleep.as_mut().poll(cx).is_ready() {
+                let deadline = this.deadline;
+                let sleep = this
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if sleep.deadline() != deadline {
+                    sleep.as_mut().reset(deadline);
+                }
+                if sleep.as_mut().poll(cx).is_ready() {
                     crate::metrics::metrics().edge_refusal("header_timeout");
                     return Poll::Ready(Err(head_timeout()));
                 }
@@ -582,7 +721,7 @@ impl Peek for HeadDeadline {
             return self.inner.try_peek(buf).await;
         }
         self.arm();
-        let deadline = self.sleep.deadline();
+        let deadline = self.deadline;
         match tokio::time::timeout_at(deadline, self.inner.try_peek(buf)).await {
             Ok(r) => r,
             Err(_) => {

@@ -16,7 +16,7 @@ use pingora::tls::ext::{
     ssl_add_chain_cert, ssl_set_verify_cert_store, ssl_use_certificate, ssl_use_private_key,
 };
 use pingora::tls::ssl::{
-    select_next_proto, AlpnError, ClientHelloResponse, NameType, Ssl, SslOptions, SslRef,
+    select_next_proto, AlpnError, ClientHelloResponse, NameType, Ssl, SslMode, SslOptions, SslRef,
     SslSessionCacheMode, SslVerifyMode, SslVersion,
 };
 use pingora::tls::x509::{X509StoreContext, X509StoreContextRef, X509VerifyResult};
@@ -185,6 +185,11 @@ pub(crate) fn tls_settings(
         s.set_cipher_list(c)
             .map_err(|e| format!("ciphers `{c}`: {e}"))?;
     }
+    // OpenSSL reads whole records ahead into its own buffers (the listener has no socket
+    // read buffer below it) and frees its read and write buffers while a connection is
+    // idle: an idle TLS keep-alive connection then holds no record buffers.
+    s.set_mode(SslMode::RELEASE_BUFFERS);
+    s.set_read_ahead(true);
     if spec.session_resumption {
         // Sessions resumed with a client certificate need a context id (OpenSSL refuses
         // them otherwise); the listener's name keeps listeners' sessions apart.
