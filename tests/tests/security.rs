@@ -1084,3 +1084,95 @@ async fn check_warns_about_an_open_admin_port() {
     );
     assert!(err.contains("has no token"), "{err}");
 }
+
+/// Reads one response with a `Content-Length` body off a keep-alive connection.
+async fn read_one(s: &mut TcpStream) -> (u16, Value) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..at]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("content-length");
+            if buf.len() >= at + 4 + len {
+                let status = head[9..12].parse().expect("status");
+                let body =
+                    serde_json::from_slice(&buf[at + 4..at + 4 + len]).unwrap_or(Value::Null);
+                return (status, body);
+            }
+        }
+        let left = end.saturating_duration_since(Instant::now());
+        let n = tokio::time::timeout(left, s.read(&mut chunk))
+            .await
+            .expect("a response within 10 s")
+            .expect("read");
+        assert!(n > 0, "closed before a whole response");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_wait_for_the_idle_timeout_not_the_head_deadline() {
+    let up = echo("up").await;
+    let gw = two_routes(
+        &up,
+        "[http]\nrequest_header_timeout_ms = 800\nidle_timeout_ms = 3000\n",
+    )
+    .await;
+    let mut s = TcpStream::connect(gw.http).await.expect("connect");
+    // A head far longer than one read of the wait between requests.
+    let pad = "p".repeat(200);
+    let mut head = String::from("GET /pub/long HTTP/1.1\r\nHost: t\r\n");
+    for i in 0..20 {
+        head.push_str(&format!("X-Pad-{i}: {pad}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).await.expect("long head");
+    let (status, body) = read_one(&mut s).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["headers"]["x-pad-19"], pad.as_str(), "{body}");
+    // Idle for longer than the head deadline, then a head in two pieces: still served.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    s.write_all(b"GET /pub/second HTTP/1.1\r\nHo")
+        .await
+        .expect("first piece");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.write_all(b"st: t\r\n\r\n").await.expect("second piece");
+    let (status, body) = read_one(&mut s).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["path"], "/pub/second", "{body}");
+    // Then quiet: the gateway closes it once the idle timeout has passed.
+    let quiet = Instant::now();
+    let mut b = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut b))
+        .await
+        .expect("closed within 10 s");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    let after = quiet.elapsed();
+    assert!(
+        after >= Duration::from_millis(2500) && after < Duration::from_secs(6),
+        "closed after {after:?}"
+    );
+    // A head that stalls halfway after an idle wait is held to the head deadline.
+    let mut s = TcpStream::connect(gw.http).await.expect("connect");
+    s.write_all(b"GET /pub/a HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .expect("write");
+    assert_eq!(read_one(&mut s).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    s.write_all(b"GET /pub/b HTTP/1.1\r\n").await.expect("half");
+    let stalled = Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut b))
+        .await
+        .expect("closed within 10 s");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    let after = stalled.elapsed();
+    assert!(
+        after >= Duration::from_millis(700) && after < Duration::from_millis(2500),
+        "a stalled head was closed after {after:?}"
+    );
+}
