@@ -142,6 +142,9 @@ pub(super) fn set_proxy_headers(
     upstream: &mut RequestHeader,
     ctx: &RequestCtx,
 ) -> Result<()> {
+    // Room for what is added below (X-Forwarded-For/-Proto/-Host, Via, traceparent,
+    // tracestate), so that neither of the head's maps grows and rehashes on the way.
+    upstream.reserve_headers(6);
     if let Some(peer) = ctx.peer {
         // A trusted proxy's chain is passed on with the proxy appended; an untrusted
         // client's forwarding headers are dropped, so the upstream is not fooled either.

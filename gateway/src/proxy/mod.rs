@@ -542,6 +542,8 @@ impl ProxyHttp for GatewayProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         decide_keepalive(session, ctx, Connection::KeepAlive);
+        // X-Request-Id, Via and perhaps X-Fallback: grow the head's maps once, not per header.
+        resp.reserve_headers(3);
         if let Some(id) = &ctx.request_id {
             resp.insert_header(X_REQUEST_ID, id.clone())?;
         }
