@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fantoccini::error::{CmdError, ErrorStatus};
 use fantoccini::{Client, ClientBuilder, Locator};
 use harness::*;
 
@@ -114,6 +115,25 @@ async fn wait_shown(
     }
 }
 
+/// Clicks the element at `selector`. The dashboard re-renders its cards on every stream event,
+/// so an element found a moment ago can be gone by the click (a stale element reference): it is
+/// then found again, within a deadline.
+async fn click(c: &Client, selector: &str) {
+    let end = Instant::now() + Duration::from_secs(15);
+    loop {
+        let result = match c.find(Locator::Css(selector)).await {
+            Ok(e) => e.click().await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(_) => return,
+            Err(CmdError::Standard(ref w))
+                if w.error == ErrorStatus::StaleElementReference && Instant::now() < end => {}
+            Err(e) => panic!("click {selector}: {e}"),
+        }
+    }
+}
+
 /// Polls the page until the breaker card of `cluster` shows `state`.
 async fn wait_for_state(c: &Client, cluster: &str, state: &str) {
     let selector = format!("#breaker-{cluster} .state");
@@ -160,18 +180,16 @@ async fn the_dashboard_shows_a_breaker_open_while_its_upstream_fails() {
         let _ = http.get(gw.url("/titles/1")).send().await.expect("req");
     }
     wait_for_state(&c, "titles", "open").await;
-    let badge = c
-        .find(Locator::Css("#breaker-titles .state"))
-        .await
-        .expect("badge");
-    assert_eq!(badge.text().await.expect("text"), "OPEN");
-    let rate = c
-        .find(Locator::Css("#breaker-titles .error-rate"))
-        .await
-        .expect("error rate")
-        .text()
-        .await
-        .expect("text");
+    // The cards are re-rendered from the stream, so each read finds its element afresh.
+    wait_shown(&c, "#breaker-titles .state", None, |t| t == "OPEN", "badge").await;
+    let rate = wait_shown(
+        &c,
+        "#breaker-titles .error-rate",
+        None,
+        |t| !t.is_empty(),
+        "rate",
+    )
+    .await;
     assert_ne!(rate, "0 %", "the error rate is shown");
     let shot = c.screenshot().await.expect("screenshot");
     let path = artifacts().join("breaker-open.png");
@@ -180,14 +198,7 @@ async fn the_dashboard_shows_a_breaker_open_while_its_upstream_fails() {
     eprintln!("screenshot: {}", path.display());
 
     // The operator's button: force it closed from the page.
-    c.find(Locator::Css(
-        "#breaker-titles button[data-action=\"force_closed\"]",
-    ))
-    .await
-    .expect("force close button")
-    .click()
-    .await
-    .expect("click");
+    click(&c, "#breaker-titles button[data-action=\"force_closed\"]").await;
     wait_for_state(&c, "titles", "forced_closed").await;
     let (_, j) = get_json(&http, &gw.admin_url("/breakers/titles")).await;
     assert_eq!(j["breaker"]["state"], "forced_closed", "{j}");
