@@ -4,6 +4,7 @@
 
 pub(crate) mod client_addr;
 pub(crate) mod conn;
+mod head_deadline;
 pub(crate) mod limits;
 pub(crate) mod path;
 pub(crate) mod proxy_protocol;
