@@ -161,11 +161,16 @@ function concurrencyLines(pool) {
   }
   const rtt = (ms) => (ms == null ? "-" : `${ms.toFixed(1)} ms`);
   const shedding = cl.shed.non_critical + cl.shed.degraded + cl.shed.critical > 0;
-  return [
+  const lines = [
     "adaptive limit", el("b", { class: "limit" }, `${cl.in_flight} / ${cl.limit}${cl.queued ? ` (+${cl.queued} waiting)` : ""}`),
     "RTT min / sample", el("b", {}, `${rtt(cl.min_rtt_ms)} / ${rtt(cl.sample_rtt_ms)}`),
-    "shed", el("b", { class: shedding ? "shed error" : "shed" }, shedText(cl.shed)),
   ];
+  if (cl.origin_utilization != null) {
+    const u = cl.origin_utilization;
+    lines.push("origin load", el("b", { class: u > 1 ? "error" : "" }, `${(u * 100).toFixed(0)} %`));
+  }
+  lines.push("shed", el("b", { class: shedding ? "shed error" : "shed" }, shedText(cl.shed)));
+  return lines;
 }
 
 async function poll() {

@@ -65,6 +65,7 @@ pub(crate) struct Metrics {
     limit_queued: IntGaugeVec,
     limit_min_rtt: GaugeVec,
     limit_sample_rtt: GaugeVec,
+    limit_origin_load: GaugeVec,
     budget_available: GaugeVec,
     endpoints: IntGaugeVec,
     discovery_up: IntGaugeVec,
@@ -151,6 +152,7 @@ impl Metrics {
             limit_queued: family!(reg, IntGaugeVec, "gateway_concurrency_queued", "Requests waiting for a slot of the concurrency limit.", &["scope", "cluster"]),
             limit_min_rtt: family!(reg, GaugeVec, "gateway_concurrency_min_rtt_seconds", "The adaptive limit's baseline: the minimum round trip over its min_rtt_window.", &["cluster"]),
             limit_sample_rtt: family!(reg, GaugeVec, "gateway_concurrency_sample_rtt_seconds", "The adaptive limit's last judged window: mean round trip.", &["cluster"]),
+            limit_origin_load: family!(reg, GaugeVec, "gateway_concurrency_origin_utilization", "The utilization the origin last reported of itself (ORCA load report; above 1 = calls wait inside it).", &["cluster"]),
             budget_available: family!(reg, GaugeVec, "gateway_retry_budget_available", "Retries the cluster's budget would allow now.", &["cluster"]),
             endpoints: family!(reg, IntGaugeVec, "gateway_cluster_endpoints", "Endpoints by state (serving, ejected by outlier detection).", &["cluster", "state"]),
             discovery_up: family!(reg, IntGaugeVec, "gateway_discovery_up", "1 when the cluster's discovery source answered its last query.", &["cluster", "source"]),
@@ -340,6 +342,9 @@ impl Metrics {
                 .with_label_values(&[name])
                 .set(rtt.as_secs_f64());
         }
+        if let Some(u) = l.origin_load {
+            self.limit_origin_load.with_label_values(&[name]).set(u);
+        }
     }
 
     fn set_state(&self, scrape: &Scrape) {
@@ -361,6 +366,7 @@ impl Metrics {
         self.discovery_staleness.reset();
         self.limit_min_rtt.reset();
         self.limit_sample_rtt.reset();
+        self.limit_origin_load.reset();
         self.tls_expiry.reset();
         for (listener, names, source, not_after) in &scrape.certificates {
             self.tls_expiry

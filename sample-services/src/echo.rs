@@ -12,7 +12,9 @@
 //! `--capacity N --service-ms M`): N workers, each request holds one for M ms (requests over
 //! N wait in line, as a saturated origin's do). `GET /__stats` reports requests in the
 //! origin (working and waiting), their peak and the requests served; `DELETE /__stats`
-//! resets the peak.
+//! resets the peak. With a capacity, every answer carries the origin's load as an ORCA report
+//! (`endpoint-load-metrics: TEXT application_utilization=U`, U = requests inside, working or
+//! waiting, over the workers, when the answer leaves), which the gateway's adaptive limit reads.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -53,11 +55,9 @@ struct Load {
 
 impl Load {
     /// Holds a worker for the service time (when a capacity is set), counting the request
-    /// as inside meanwhile.
-    async fn serve(&self) {
-        let Some((workers, _, service)) = self.capacity.get() else {
-            return;
-        };
+    /// as inside meanwhile; returns the utilization as it leaves (itself included).
+    async fn serve(&self) -> Option<f64> {
+        let (workers, n, service) = self.capacity.get()?;
         /// Counts the request inside until dropped: a client that goes away (its connection
         /// closed, the request future dropped) leaves too.
         struct Inside<'a>(&'a AtomicU64);
@@ -73,6 +73,7 @@ impl Load {
             tokio::time::sleep(*service).await;
         }
         self.served.fetch_add(1, Ordering::Relaxed);
+        Some(self.inside.load(Ordering::SeqCst) as f64 / *n as f64)
     }
 
     fn stats(&self) -> Value {
@@ -296,7 +297,23 @@ async fn handle(
         ));
     }
     shared.hits.fetch_add(1, Ordering::Relaxed);
-    shared.load.serve().await;
+    let load = shared.load.serve().await;
+    let mut resp = answer(req, &shared, peer).await;
+    if let Some(u) = load {
+        if let Ok(v) = http::HeaderValue::from_str(&format!("TEXT application_utilization={u:.3}"))
+        {
+            resp.headers_mut().insert("endpoint-load-metrics", v);
+        }
+    }
+    Ok(resp)
+}
+
+/// The echo answer (or the fault's, or the requested bytes).
+async fn answer(
+    req: Request<Incoming>,
+    shared: &Shared,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
     let query = req.uri().query().map(str::to_owned);
     let q = query.as_deref();
     let (fault_status, fault_delay) = shared.fault.get();
@@ -315,12 +332,7 @@ async fn handle(
     let instance = shared.name.to_string();
     if let Some(n) = query_param(q, "bytes").and_then(|v| v.parse::<usize>().ok()) {
         let body = Bytes::from(vec![b'x'; n.min(16 << 20)]);
-        return Ok(response(
-            status,
-            "application/octet-stream",
-            &instance,
-            body,
-        ));
+        return response(status, "application/octet-stream", &instance, body);
     }
     let mut headers = Map::new();
     for (k, v) in req.headers() {
@@ -353,12 +365,7 @@ async fn handle(
         "body_bytes": body.len(),
     });
     let bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
-    Ok(response(
-        status,
-        "application/json",
-        &instance,
-        Bytes::from(bytes),
-    ))
+    response(status, "application/json", &instance, Bytes::from(bytes))
 }
 
 fn response(

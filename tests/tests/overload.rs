@@ -133,6 +133,61 @@ async fn an_overloaded_origin_sheds_non_critical_first_and_playback_keeps_workin
     assert!(metrics.contains("gateway_concurrency_limit{cluster=\"origin\",scope=\"cluster\"}"));
 }
 
+#[tokio::test]
+async fn with_the_origins_load_reports_the_limit_fills_the_origin_and_never_overfills_it() {
+    // An origin of capacity 6 (30 ms each) that reports its utilization on every answer
+    // (ORCA `endpoint-load-metrics`), offered 16 closed-loop critical clients: the limit grows
+    // from 2 to the origin's capacity and stops there, although round trips alone would let
+    // it probe past it, and the report never reaches the client.
+    let up = echo("origin").await;
+    assert!(up.set_capacity(6, Duration::from_millis(30)));
+    let body = format!(
+        "{}[clusters.origin.adaptive_concurrency]\ninitial_limit = 2\nmin_limit = 1\nmax_limit = 100\n\n{}",
+        cluster("origin", &[&up], ""),
+        priority_routes("origin"),
+    );
+    let gw = Gateway::start(&body).await;
+    let http = client();
+    let r = http.get(gw.url("/critical")).send().await.expect("answer");
+    assert_eq!(r.status(), 200);
+    assert!(
+        !r.headers().contains_key("endpoint-load-metrics"),
+        "the origin's load report is the gateway's, never the client's: {:?}",
+        r.headers()
+    );
+    let until = Instant::now() + Duration::from_secs(3);
+    let critical = hammer(http.clone(), gw.url("/critical"), 16, until).await;
+    assert_eq!(critical.other, 0, "{critical:?}");
+    let (_, peak) = up.load();
+    assert!(
+        peak <= 6,
+        "the origin never held more than its capacity: {peak}"
+    );
+    assert!(peak >= 5, "the limit grew to use the origin: peak {peak}");
+    // 6 at a time for 30 ms is 200 answers a second: most of it was used.
+    assert!(critical.ok >= 350, "{critical:?}");
+
+    let (_, o) = get_json(&http, &gw.admin_url("/overload")).await;
+    let limit = &o["clusters"]["origin"];
+    assert!(
+        limit["origin_utilization"]
+            .as_f64()
+            .is_some_and(|u| u > 0.0 && u <= 1.0),
+        "{o}"
+    );
+    assert!(
+        limit["limit"]
+            .as_u64()
+            .is_some_and(|l| (3..=6).contains(&l)),
+        "{o}"
+    );
+    let metrics = get_text(&http, &gw.admin_url("/metrics")).await;
+    assert!(
+        metrics.contains("gateway_concurrency_origin_utilization{cluster=\"origin\"}"),
+        "{metrics}"
+    );
+}
+
 /// A gateway whose inbound limit is one request, the priority header believed from `from`.
 async fn one_slot_gateway(up: &EchoServer, from: &str) -> Gateway {
     let body = format!(

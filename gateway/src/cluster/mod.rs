@@ -202,6 +202,7 @@ impl Cluster {
         let bulkhead = Bulkhead::new(policy.bulkhead.config);
         let limiter = policy
             .concurrency
+            .as_ref()
             .map(|a| ConcurrencyLimiter::new(a.limiter, now));
         let budget = RetryBudget::new(policy.budget, now);
         let spec_name = spec.name.clone();
@@ -553,6 +554,7 @@ pub(crate) fn limiter_status(l: &resilience::LimiterSnapshot) -> serde_json::Val
         "queued": l.queued,
         "min_rtt_ms": l.min_rtt.map(|d| d.as_secs_f64() * 1000.0),
         "sample_rtt_ms": l.sample_rtt.map(|d| d.as_secs_f64() * 1000.0),
+        "origin_utilization": l.origin_load,
         "shed": shed,
         "drops": l.dropped,
     })

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::proxy::LoadMetric;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use resilience::{
@@ -30,12 +31,15 @@ pub(crate) struct BulkheadSettings {
 }
 
 /// `[clusters.NAME.adaptive_concurrency]`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct AdaptiveSettings {
     /// The limit, its shedding reserve and queue.
     pub limiter: LimiterConfig,
     /// Origin statuses that count as drops (default 503 and 429).
     pub drop_statuses: StatusSet,
+    /// The figure of the origin's ORCA load report the limit follows (`None`: reports are
+    /// not read, the limit follows round trips and drops only).
+    pub load_report: Option<LoadMetric>,
 }
 
 /// `[clusters.NAME.outlier_detection]`.

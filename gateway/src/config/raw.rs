@@ -88,6 +88,7 @@ pub(crate) struct RawAdaptive {
     pub(crate) max_queue: Option<Spanned<i64>>,
     pub(crate) reserve_percent: Option<Spanned<i64>>,
     pub(crate) drop_statuses: Option<Spanned<Vec<Spanned<toml::Value>>>>,
+    pub(crate) load_report: Option<Spanned<String>>,
 }
 
 /// `[http]` (every listener) and `[listeners.http]` (one listener, over `[http]`): path

@@ -313,6 +313,10 @@ fn resilience_mistakes_are_reported() {
             "min_limit 50 is above max_limit 10",
         ),
         (
+            "[clusters.a.adaptive_concurrency]\nload_report = \"mem_utilization\"\n",
+            "load_report `mem_utilization` is not an ORCA utilization figure",
+        ),
+        (
             "[clusters.a.adaptive_concurrency]\ntolerance_percent = 90\n",
             "tolerance_percent = 90 is out of range",
         ),
@@ -351,11 +355,15 @@ fn overload_settings_are_typed() {
         priority_header = \"X-Priority\"\npriority_header_from = [\"10.0.0.0/8\", \"127.0.0.1\"]\n\
         [clusters.a]\nendpoints = [\"127.0.0.1:2\"]\n\
         [clusters.a.adaptive_concurrency]\nmin_limit = 2\nmax_limit = 64\ntolerance_percent = 150\n\
-        queue_timeout_ms = 0\ndrop_statuses = [503]\n\
+        queue_timeout_ms = 0\ndrop_statuses = [503]\nload_report = \"named_metrics.queue\"\n\
         [[routes]]\nname = \"play\"\ncluster = \"a\"\npath_prefix = \"/play\"\npriority = \"critical\"\n\
         [[routes]]\nname = \"events\"\ncluster = \"a\"\npriority = 10\n";
     let cfg = parse(text).expect("valid");
-    let a = cfg.clusters[0].policy.concurrency.expect("adaptive");
+    let a = cfg.clusters[0]
+        .policy
+        .concurrency
+        .clone()
+        .expect("adaptive");
     let resilience::LimitConfig::Gradient(g) = a.limiter.limit else {
         panic!("a gradient limit");
     };
@@ -363,6 +371,10 @@ fn overload_settings_are_typed() {
     assert!((g.tolerance - 1.5).abs() < 1e-9);
     assert!(a.limiter.max_wait.is_zero());
     assert!(a.drop_statuses.contains(503) && !a.drop_statuses.contains(429));
+    assert_eq!(
+        a.load_report.map(|m| m.to_string()).as_deref(),
+        Some("named_metrics.queue")
+    );
     assert_eq!(
         cfg.routes[0].policy.priority,
         Some(resilience::Priority::CRITICAL)

@@ -28,6 +28,7 @@ use crate::telemetry::{started_ago, RequestTrace};
 
 mod exchange;
 mod headers;
+mod load_report;
 mod local;
 mod observe;
 mod reply;
@@ -37,6 +38,7 @@ use headers::{
     appended, hash_input, last_good_key, new_request_id, set_proxy_headers, usable_request_id,
     via_entry, X_REQUEST_ID,
 };
+pub(crate) use load_report::LoadMetric;
 use reply::{chain_of, decide_keepalive, Connection, Reply};
 
 /// Attempts pingora may make per request: 10 retries (the config maximum), a fallback cluster,
@@ -467,6 +469,9 @@ impl ProxyHttp for GatewayProxy {
             ctx.error = Some(GatewayError::Upstream(Failure::BadResponse));
             return Err(Error::explain(ErrorType::HTTPStatus(502), why));
         }
+        exchange.on_load_report(&resp.headers);
+        let _ = resp.remove_header(&load_report::HEADER);
+        let _ = resp.remove_header(&load_report::HEADER_BIN);
         let status = resp.status.as_u16();
         ctx.trace
             .attempt_answered(status, exchange.is_failure_status(status));

@@ -20,6 +20,15 @@
 //!   5 % a window, never below twice the in-flight seen: what the next surge meets is a limit
 //!   recent traffic vouched for, not one learnt long ago;
 //! - always within `[min, max]`.
+//!
+//! When the origin reports its own load ([`GradientLimit::on_load`]: the utilization of its
+//! capacity an answer was sent at, 1.0 = every worker busy, as ORCA's
+//! `application_utilization` says it), that report comes first: a window in which the origin
+//! said it was over 1.0 (calls waiting inside it) cuts the limit to `limit / utilization`
+//! (the share of the origin this caller may use; at most halving), and growth never goes
+//! past `in-flight / utilization`, the concurrency at which the origin would be full. The
+//! limit then settles at the origin's capacity (its share of it, with several callers)
+//! without crossing it to find the knee, which round-trip times alone cannot do.
 
 use std::time::{Duration, Instant};
 
@@ -131,7 +140,18 @@ pub struct GradientLimit {
     /// The last judged window raised the limit: its effect shows only in the next window's
     /// round trips (they were admitted under the old limit), so that one does not grow.
     grew: bool,
+    /// The highest utilization the origin reported in this window.
+    load: Option<f64>,
+    /// The last utilization the origin reported.
+    last_load: Option<f64>,
 }
+
+/// The highest utilization report taken as meaningful (a report above it is ignored as
+/// garbage rather than allowed to pin the limit at its floor).
+const MAX_UTILIZATION: f64 = 100.0;
+
+/// Under this, a report says nothing about where the origin fills up.
+const MIN_UTILIZATION: f64 = 0.01;
 
 /// Windows of cautious growth after a cut.
 const CAUTIOUS_WINDOWS: u32 = 20;
@@ -160,6 +180,8 @@ impl GradientLimit {
             last_mean: None,
             cautious: 0,
             grew: false,
+            load: None,
+            last_load: None,
         }
     }
 
@@ -181,6 +203,22 @@ impl GradientLimit {
     /// The mean RTT of the last judged window.
     pub fn sample_rtt(&self) -> Option<Duration> {
         self.last_mean
+    }
+
+    /// The last utilization the origin reported, if it reports one.
+    pub fn origin_load(&self) -> Option<f64> {
+        self.last_load
+    }
+
+    /// Notes the origin's own report of its load, sent with an answer: the fraction of its
+    /// capacity in use (above 1.0 when calls wait inside it). Not a number, negative or
+    /// implausibly large reports are ignored.
+    pub fn on_load(&mut self, utilization: f64) {
+        if !(0.0..=MAX_UTILIZATION).contains(&utilization) {
+            return;
+        }
+        self.last_load = Some(utilization);
+        self.load = Some(self.load.map_or(utilization, |l| l.max(utilization)));
     }
 
     /// Notes the in-flight count a call was admitted at (to tell a used limit from an idle
@@ -217,18 +255,27 @@ impl GradientLimit {
         self.drops = 0;
         self.peak_in_flight = 0;
         self.contended = false;
+        self.load = None;
         (self.limit() != before).then_some(self.limit())
     }
 
     fn judge(&mut self) {
         let c = self.config;
         let grew = std::mem::take(&mut self.grew);
+        let load = self.load.filter(|u| *u >= MIN_UTILIZATION);
+        if self.answers > 0 {
+            self.last_mean = Some(self.sum / self.answers);
+        }
         if self.drops > 0 {
             self.limit *= c.backoff;
             self.cautious = CAUTIOUS_WINDOWS;
-        } else if let (Some(min), true) = (self.min_rtt.get(), self.answers > 0) {
-            let mean = self.sum / self.answers;
-            self.last_mean = Some(mean);
+        } else if let Some(u) = load.filter(|u| *u > 1.0) {
+            // The origin says calls wait inside it: keep to the share it serves at once.
+            self.limit *= (1.0 / u).max(0.5);
+            self.cautious = CAUTIOUS_WINDOWS;
+        } else if let (Some(min), Some(mean), true) =
+            (self.min_rtt.get(), self.last_mean, self.answers > 0)
+        {
             let ratio = mean.as_secs_f64() / min.as_secs_f64().max(1e-6);
             if ratio > c.tolerance {
                 self.limit *= (1.0 / ratio).max(0.5);
@@ -241,12 +288,16 @@ impl GradientLimit {
                 // Fast growth only while the origin shows no queueing at all (under half the
                 // tolerance) and no cut happened lately; near the knee, one at a time.
                 let clear = ratio <= 1.0 + (c.tolerance - 1.0) / 2.0;
-                self.limit += if self.cautious == 0 && clear {
+                let step = if self.cautious == 0 && clear {
                     self.limit.sqrt().max(1.0)
                 } else {
                     1.0
                 };
-                self.grew = true;
+                // With a load report, never past the concurrency that fills the origin.
+                let full = load.map_or(f64::INFINITY, |u| self.peak_in_flight as f64 / u);
+                let grown = (self.limit + step).min(full.floor()).max(self.limit);
+                self.grew = grown > self.limit;
+                self.limit = grown;
             }
             self.cautious = self.cautious.saturating_sub(1);
         }

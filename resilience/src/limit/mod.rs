@@ -182,6 +182,8 @@ pub struct LimiterSnapshot {
     pub min_rtt: Option<Duration>,
     /// The last window's mean RTT, adaptive limits only.
     pub sample_rtt: Option<Duration>,
+    /// The utilization the origin last reported of itself, adaptive limits only.
+    pub origin_load: Option<f64>,
     /// Calls shed since start, per class in [`Class::ALL`] order.
     pub shed: [u64; 3],
     /// Drops the origin answered with since start (timeouts, resets, overload statuses).
@@ -412,9 +414,9 @@ impl ConcurrencyLimiter {
     /// A snapshot.
     pub fn snapshot(&self) -> LimiterSnapshot {
         let st = self.inner.lock();
-        let (adaptive, min_rtt, sample_rtt) = match &st.limit {
-            Limit::Fixed(_) => (false, None, None),
-            Limit::Gradient(g) => (true, g.min_rtt(), g.sample_rtt()),
+        let (adaptive, min_rtt, sample_rtt, origin_load) = match &st.limit {
+            Limit::Fixed(_) => (false, None, None, None),
+            Limit::Gradient(g) => (true, g.min_rtt(), g.sample_rtt(), g.origin_load()),
         };
         LimiterSnapshot {
             adaptive,
@@ -423,6 +425,7 @@ impl ConcurrencyLimiter {
             queued: st.waiters.len(),
             min_rtt,
             sample_rtt,
+            origin_load,
             shed: std::array::from_fn(|i| self.inner.shed[i].load(Ordering::Relaxed)),
             dropped: self.inner.dropped.load(Ordering::Relaxed),
         }
@@ -430,6 +433,15 @@ impl ConcurrencyLimiter {
 }
 
 impl LimitPermit {
+    /// Notes the origin's report of its own load that came with this attempt's answer (the
+    /// fraction of its capacity in use); call it before [`LimitPermit::record`]. A fixed
+    /// limit ignores it.
+    pub fn report_load(&self, utilization: f64) {
+        if let Limit::Gradient(g) = &mut self.inner.lock().limit {
+            g.on_load(utilization);
+        }
+    }
+
     /// Feeds one attempt's result to an adaptive limit at `now` (a fixed one ignores it);
     /// returns the new limit when it changed. A raised limit admits waiters at once.
     pub fn record(&self, sample: Sample, now: Instant) -> Option<usize> {

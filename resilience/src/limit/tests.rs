@@ -101,6 +101,81 @@ fn backs_off_to_the_origins_capacity_and_probes_past_it_gently() {
     assert_eq!(g.min_rtt(), Some(20 * MS));
 }
 
+/// One 100 ms window against an origin of `capacity` workers and a 20 ms service time, with
+/// `in_flight` calls of this caller and `others` of other callers in it: each answer reports
+/// the origin's utilization (everything inside it over its workers), and the RTT grows with
+/// the wait inside it.
+fn reported_window(
+    g: &mut GradientLimit,
+    t: &mut Instant,
+    in_flight: usize,
+    others: usize,
+    capacity: usize,
+) {
+    let inside = in_flight + others;
+    let rtt = 20 * MS * inside.max(capacity) as u32 / capacity as u32;
+    for _ in 0..20 {
+        g.on_admit(in_flight);
+        g.on_load(inside as f64 / capacity as f64);
+        *t += 5 * MS;
+        g.on_sample(Sample::Answered(rtt), *t);
+    }
+}
+
+#[test]
+fn with_the_origins_load_report_it_settles_at_capacity_without_crossing_it() {
+    let mut t = Instant::now();
+    let mut g = GradientLimit::new(gradient(4, 4, 1000), t);
+    let mut seen = Vec::new();
+    for _ in 0..80 {
+        let l = g.limit();
+        reported_window(&mut g, &mut t, l, 0, 20);
+        seen.push(g.limit());
+    }
+    // Grows from 4 as fast as ever while the origin has room, and stops exactly where the
+    // origin says it is full: never above it, and not pinned below it either.
+    assert!(seen.iter().all(|l| *l <= 20), "{seen:?}");
+    assert!(seen[10..].iter().all(|l| *l == 20), "{seen:?}");
+    assert_eq!(g.origin_load(), Some(1.0));
+}
+
+#[test]
+fn an_origin_reporting_calls_waiting_cuts_to_its_share() {
+    // Started at 100 against an origin of 20: the report (5.0) cuts by at most half a window
+    // until the limit is the origin's capacity.
+    let mut t = Instant::now();
+    let mut g = GradientLimit::new(gradient(100, 4, 1000), t);
+    for _ in 0..6 {
+        let l = g.limit();
+        reported_window(&mut g, &mut t, l, 0, 20);
+    }
+    assert_eq!(g.limit(), 20);
+    // Another caller takes 10 of the origin's 20: this one keeps to what is left, and the
+    // two together never exceed the origin.
+    for _ in 0..20 {
+        let l = g.limit();
+        reported_window(&mut g, &mut t, l, 10, 20);
+    }
+    assert!((9..=10).contains(&g.limit()), "{}", g.limit());
+}
+
+#[test]
+fn garbage_load_reports_are_ignored() {
+    let mut t = Instant::now();
+    let mut g = GradientLimit::new(gradient(10, 4, 1000), t);
+    for bad in [f64::NAN, -1.0, f64::INFINITY, 1e9] {
+        g.on_load(bad);
+    }
+    assert_eq!(g.origin_load(), None);
+    // An idle origin's near-zero report does not stop growth.
+    for _ in 0..4 {
+        let l = g.limit();
+        g.on_load(0.0);
+        window(&mut g, &mut t, 20, 20 * MS, l);
+    }
+    assert!(g.limit() > 10, "{}", g.limit());
+}
+
 #[test]
 fn backs_off_multiplicatively_on_drops() {
     let mut t = Instant::now();

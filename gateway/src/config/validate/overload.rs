@@ -12,6 +12,7 @@ use crate::config::error::Issues;
 use crate::config::policy::AdaptiveSettings;
 use crate::config::raw::{RawAdaptive, RawCluster, RawConfig};
 use crate::config::OverloadSettings;
+use crate::proxy::LoadMetric;
 
 const PRIORITY_FIX: &str =
     "use \"critical\", \"degraded\", \"non_critical\" or a score from 0 to 100";
@@ -150,6 +151,24 @@ pub(super) fn adaptive(
             s
         }
     };
+    let load_report = match &a.load_report {
+        None => Some(LoadMetric::Application),
+        Some(s) if s.get_ref() == "off" => None,
+        Some(s) => {
+            let parsed = LoadMetric::parse(s.get_ref());
+            if parsed.is_none() {
+                issues.at(
+                    s.span(),
+                    format!(
+                        "cluster `{cluster}`: load_report `{}` is not an ORCA utilization figure",
+                        s.get_ref()
+                    ),
+                    "use \"application_utilization\" (the default), \"cpu_utilization\", \"utilization.NAME\", \"named_metrics.NAME\" or \"off\"",
+                );
+            }
+            parsed
+        }
+    };
     Some(AdaptiveSettings {
         limiter: LimiterConfig {
             limit: LimitConfig::Gradient(gradient),
@@ -165,6 +184,7 @@ pub(super) fn adaptive(
             ) as usize,
         },
         drop_statuses,
+        load_report,
     })
 }
 

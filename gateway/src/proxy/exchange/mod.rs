@@ -337,6 +337,7 @@ impl Exchange {
             .spec()
             .policy
             .concurrency
+            .as_ref()
             .map(|a| a.drop_statuses)
             .unwrap_or_default();
         let sample = match result {
@@ -348,6 +349,21 @@ impl Exchange {
             Err(_) => return,
         };
         slot.record(sample, now);
+    }
+
+    /// Feeds the origin's ORCA load report on this attempt's answer to the target's adaptive
+    /// limit, when the cluster reads one; call it before [`Exchange::on_response`].
+    pub(super) fn on_load_report(&self, headers: &http::HeaderMap) {
+        let Some(Slot::Limit(slot)) = &self.slot else {
+            return;
+        };
+        let metric = self.target.spec().policy.concurrency.as_ref();
+        let report = metric
+            .and_then(|a| a.load_report.as_ref())
+            .and_then(|m| super::load_report::read(headers, m));
+        if let Some(u) = report {
+            slot.report_load(u);
+        }
     }
 
     /// Notes `failure` as the exchange's: the execution's event, or the fallback cluster's
