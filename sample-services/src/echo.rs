@@ -300,8 +300,7 @@ async fn handle(
     let load = shared.load.serve().await;
     let mut resp = answer(req, &shared, peer).await;
     if let Some(u) = load {
-        if let Ok(v) = http::HeaderValue::from_str(&format!("TEXT application_utilization={u:.3}"))
-        {
+        if let Ok(v) = http::HeaderValue::from_str(&format!("TEXT application_utilization={u}")) {
             resp.headers_mut().insert("endpoint-load-metrics", v);
         }
     }

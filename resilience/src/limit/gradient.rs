@@ -26,9 +26,10 @@
 //! `application_utilization` says it), that report comes first: a window in which the origin
 //! said it was over 1.0 (calls waiting inside it) cuts the limit to `limit / utilization`
 //! (the share of the origin this caller may use; at most halving), and growth never goes
-//! past `in-flight / utilization`, the concurrency at which the origin would be full. The
-//! limit then settles at the origin's capacity (its share of it, with several callers)
-//! without crossing it to find the knee, which round-trip times alone cannot do.
+//! past `in-flight / utilization` (the lowest of the window's reports, each taken with the
+//! caller's in-flight count when it arrived), the concurrency at which the origin would be
+//! full. The limit then settles at the origin's capacity (its share of it, with several
+//! callers) without crossing it to find the knee, which round-trip times alone cannot do.
 
 use std::time::{Duration, Instant};
 
@@ -142,6 +143,9 @@ pub struct GradientLimit {
     grew: bool,
     /// The highest utilization the origin reported in this window.
     load: Option<f64>,
+    /// The lowest estimate of the concurrency that fills the origin in this window: the
+    /// in-flight count a report arrived at over its utilization.
+    full_at: Option<f64>,
     /// The last utilization the origin reported.
     last_load: Option<f64>,
 }
@@ -181,6 +185,7 @@ impl GradientLimit {
             cautious: 0,
             grew: false,
             load: None,
+            full_at: None,
             last_load: None,
         }
     }
@@ -210,15 +215,24 @@ impl GradientLimit {
         self.last_load
     }
 
-    /// Notes the origin's own report of its load, sent with an answer: the fraction of its
-    /// capacity in use (above 1.0 when calls wait inside it). Not a number, negative or
-    /// implausibly large reports are ignored.
-    pub fn on_load(&mut self, utilization: f64) {
+    /// Notes the origin's own report of its load, sent with an answer that arrived while
+    /// `in_flight` calls (that one included) were out: the fraction of its capacity in use
+    /// (above 1.0 when calls wait inside it). Not a number, negative or implausibly large
+    /// reports are ignored.
+    pub fn on_load(&mut self, utilization: f64, in_flight: usize) {
         if !(0.0..=MAX_UTILIZATION).contains(&utilization) {
             return;
         }
         self.last_load = Some(utilization);
         self.load = Some(self.load.map_or(utilization, |l| l.max(utilization)));
+        if utilization >= MIN_UTILIZATION && in_flight > 0 {
+            // `in_flight` of this caller's calls fill `utilization` of the origin, exactly so
+            // when none are in transit: a call on its way makes the estimate too high, so the
+            // window's lowest is the one to believe (bench-overload measured the alternative,
+            // the fullest report's, letting the origin see one over its capacity).
+            let full = in_flight as f64 / utilization;
+            self.full_at = Some(self.full_at.map_or(full, |f| f.min(full)));
+        }
     }
 
     /// Notes the in-flight count a call was admitted at (to tell a used limit from an idle
@@ -256,6 +270,7 @@ impl GradientLimit {
         self.peak_in_flight = 0;
         self.contended = false;
         self.load = None;
+        self.full_at = None;
         (self.limit() != before).then_some(self.limit())
     }
 
@@ -293,9 +308,10 @@ impl GradientLimit {
                 } else {
                     1.0
                 };
-                // With a load report, never past the concurrency that fills the origin.
-                let full = load.map_or(f64::INFINITY, |u| self.peak_in_flight as f64 / u);
-                let grown = (self.limit + step).min(full.floor()).max(self.limit);
+                // With a load report, never past the concurrency that fills the origin (a
+                // report's rounding is not allowed to cost a slot).
+                let full = self.full_at.map_or(f64::INFINITY, |f| (f + 1e-6).floor());
+                let grown = (self.limit + step).min(full).max(self.limit);
                 self.grew = grown > self.limit;
                 self.limit = grown;
             }

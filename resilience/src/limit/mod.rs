@@ -437,8 +437,10 @@ impl LimitPermit {
     /// fraction of its capacity in use); call it before [`LimitPermit::record`]. A fixed
     /// limit ignores it.
     pub fn report_load(&self, utilization: f64) {
-        if let Limit::Gradient(g) = &mut self.inner.lock().limit {
-            g.on_load(utilization);
+        let mut st = self.inner.lock();
+        let in_flight = st.in_flight;
+        if let Limit::Gradient(g) = &mut st.limit {
+            g.on_load(utilization, in_flight);
         }
     }
 

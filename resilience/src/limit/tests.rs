@@ -116,7 +116,7 @@ fn reported_window(
     let rtt = 20 * MS * inside.max(capacity) as u32 / capacity as u32;
     for _ in 0..20 {
         g.on_admit(in_flight);
-        g.on_load(inside as f64 / capacity as f64);
+        g.on_load(inside as f64 / capacity as f64, in_flight);
         *t += 5 * MS;
         g.on_sample(Sample::Answered(rtt), *t);
     }
@@ -137,6 +137,27 @@ fn with_the_origins_load_report_it_settles_at_capacity_without_crossing_it() {
     assert!(seen.iter().all(|l| *l <= 20), "{seen:?}");
     assert!(seen[10..].iter().all(|l| *l == 20), "{seen:?}");
     assert_eq!(g.origin_load(), Some(1.0));
+}
+
+#[test]
+fn calls_in_transit_do_not_inflate_the_origins_capacity() {
+    // Half load on an origin of 20: 10 inside it, and at times 2 more of this caller's calls
+    // on their way (admitted, not arrived). Estimates taken then (12 / 0.5 = 24) would let the
+    // limit grow past the origin before any overload showed it.
+    let mut t = Instant::now();
+    let mut g = GradientLimit::new(gradient(10, 4, 1000), t);
+    for _ in 0..40 {
+        for i in 0..20 {
+            let in_flight = if i % 4 == 3 { 10 } else { 12 };
+            g.on_admit(g.limit());
+            g.on_contention();
+            g.on_load(0.5, in_flight);
+            t += 5 * MS;
+            g.on_sample(Sample::Answered(20 * MS), t);
+        }
+        assert!(g.limit() <= 20, "{}", g.limit());
+    }
+    assert_eq!(g.limit(), 20);
 }
 
 #[test]
@@ -164,13 +185,13 @@ fn garbage_load_reports_are_ignored() {
     let mut t = Instant::now();
     let mut g = GradientLimit::new(gradient(10, 4, 1000), t);
     for bad in [f64::NAN, -1.0, f64::INFINITY, 1e9] {
-        g.on_load(bad);
+        g.on_load(bad, 5);
     }
     assert_eq!(g.origin_load(), None);
     // An idle origin's near-zero report does not stop growth.
     for _ in 0..4 {
         let l = g.limit();
-        g.on_load(0.0);
+        g.on_load(0.0, l);
         window(&mut g, &mut t, 20, 20 * MS, l);
     }
     assert!(g.limit() > 10, "{}", g.limit());
