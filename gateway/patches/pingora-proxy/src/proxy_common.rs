@@ -175,7 +175,31 @@ impl ConnectionNominations {
     }
 }
 
+/// Whether `name` is one of the fields [strip_standard_hop_by_hop_headers] removes.
+fn is_standard_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::TE
+        || *name == header::TRAILER
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::UPGRADE
+        || *name == header::PROXY_AUTHENTICATE
+        || *name == header::PROXY_AUTHORIZATION
+        || name.as_str() == KEEP_ALIVE
+        || name.as_str() == PROXY_CONNECTION
+        || name.as_str() == HTTP2_SETTINGS
+}
+
+/// Whether `name` is one of the upgrade fields the [H1UpgradePolicy] acts on.
+fn is_upgrade_field(name: &HeaderName) -> bool {
+    *name == header::CONNECTION || *name == header::UPGRADE || name.as_str() == HTTP2_SETTINGS
+}
+
 fn strip_standard_hop_by_hop_headers(req: &mut RequestHeader) {
+    // Most requests carry none of them: one pass over the names the request has costs less
+    // than ten lookups (each hashing the name) for names it does not have.
+    if !req.headers.keys().any(is_standard_hop_by_hop) {
+        return;
+    }
     req.remove_header(KEEP_ALIVE);
     req.remove_header(PROXY_CONNECTION);
     req.remove_header(&header::PROXY_AUTHENTICATE);
@@ -358,21 +382,25 @@ pub(crate) fn sanitize_h1_upstream_request(
         strip_standard_hop_by_hop_headers(req);
     }
 
+    let has_upgrade_fields = req.headers.keys().any(is_upgrade_field);
     match policy.h1_upgrade {
         H1UpgradePolicy::WebSocketOnly => {
-            req.remove_header(&header::CONNECTION);
-            req.remove_header(&header::UPGRADE);
-            req.remove_header(HTTP2_SETTINGS);
+            if has_upgrade_fields {
+                req.remove_header(&header::CONNECTION);
+                req.remove_header(&header::UPGRADE);
+                req.remove_header(HTTP2_SETTINGS);
+            }
             if websocket_upgrade {
                 req.insert_header(header::CONNECTION, "Upgrade")?;
                 req.insert_header(header::UPGRADE, "websocket")?;
             }
         }
-        H1UpgradePolicy::Deny => {
+        H1UpgradePolicy::Deny if has_upgrade_fields => {
             req.remove_header(&header::CONNECTION);
             req.remove_header(&header::UPGRADE);
             req.remove_header(HTTP2_SETTINGS);
         }
+        H1UpgradePolicy::Deny => {}
         H1UpgradePolicy::Preserve => {}
     }
 
@@ -684,6 +712,31 @@ mod tests {
         assert!(request.headers.get("proxy-authorization").is_none());
         assert!(request.headers.get("te").is_none());
         assert!(request.headers.get("trailer").is_none());
+    }
+
+    #[test]
+    fn each_hop_by_hop_field_is_stripped_alone_and_others_are_kept() {
+        for name in [
+            "Connection",
+            "Keep-Alive",
+            "Proxy-Connection",
+            "Proxy-Authenticate",
+            "Proxy-Authorization",
+            "TE",
+            "Trailer",
+            "Transfer-Encoding",
+            "Upgrade",
+            "HTTP2-Settings",
+        ] {
+            let mut request = request_with_headers(&[(name, "x"), ("X-Kept", "1")]);
+            sanitize_h2_upstream_request(&mut request, HttpUpstreamRequestPolicy::standard())
+                .unwrap();
+            assert!(request.headers.get(name).is_none(), "{name} stripped");
+            assert_eq!(request.headers["x-kept"], "1", "{name}: others kept");
+        }
+        let mut none = request_with_headers(&[("Host", "a"), ("X-Kept", "1")]);
+        sanitize_h2_upstream_request(&mut none, HttpUpstreamRequestPolicy::standard()).unwrap();
+        assert_eq!(none.headers.len(), 2);
     }
 
     #[test]
