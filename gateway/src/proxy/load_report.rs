@@ -73,8 +73,10 @@ impl fmt::Display for LoadMetric {
 }
 
 /// The part of ORCA's `xds.data.orca.v3.OrcaLoadReport` the gateway reads (field numbers as
-/// in the published proto; the rest is skipped by the decoder).
-#[derive(Clone, PartialEq, prost::Message)]
+/// in the published proto; the rest is skipped by the decoder). All three formats are read
+/// into it, so that one function picks the configured figure.
+#[derive(Clone, PartialEq, prost::Message, serde::Deserialize)]
+#[serde(default)]
 struct OrcaLoadReport {
     #[prost(double, tag = "1")]
     cpu_utilization: f64,
@@ -95,71 +97,66 @@ pub(crate) fn read(headers: &HeaderMap, metric: &LoadMetric) -> Option<f64> {
             .filter(|v| v.len() <= MAX_REPORT_BYTES)
             .and_then(|v| std::str::from_utf8(v).ok())
     };
-    let found = if let Some(v) = value(&HEADER) {
+    let report = if let Some(v) = value(&HEADER) {
         let v = v.trim();
         let (format, body) = v.split_once(' ').unwrap_or((v, ""));
         match format {
-            "TEXT" => from_text(body, metric),
-            "JSON" => from_json(body, metric),
-            "BIN" => from_bin(body, metric),
+            "TEXT" => from_text(body),
+            "JSON" => serde_json::from_str(body).ok(),
+            "BIN" => from_bin(body),
             _ => None,
         }
     } else {
-        value(&HEADER_BIN).and_then(|v| from_bin(v, metric))
-    };
-    found.filter(|u| u.is_finite() && *u >= 0.0)
+        value(&HEADER_BIN).and_then(from_bin)
+    }?;
+    pick(&report, metric).filter(|u| u.is_finite() && *u >= 0.0)
 }
 
-/// `key=value, key=value`.
-fn from_text(body: &str, metric: &LoadMetric) -> Option<f64> {
-    let mut fields = HashMap::new();
+/// The configured figure. As in proto3, a utilization of 0 is one the origin did not set:
+/// `application_utilization` then falls back to `cpu_utilization` (as Envoy's client-side
+/// weighted round robin does).
+fn pick(report: &OrcaLoadReport, metric: &LoadMetric) -> Option<f64> {
+    let set = |u: f64| (u != 0.0).then_some(u);
+    match metric {
+        LoadMetric::Application => {
+            set(report.application_utilization).or_else(|| set(report.cpu_utilization))
+        }
+        LoadMetric::Cpu => set(report.cpu_utilization),
+        LoadMetric::Utilization(n) => report.utilization.get(n).copied(),
+        LoadMetric::Named(n) => report.named_metrics.get(n).copied(),
+    }
+}
+
+/// `key=value, key=value`; any field that is not a number spoils the report.
+fn from_text(body: &str) -> Option<OrcaLoadReport> {
+    let mut report = OrcaLoadReport::default();
     for pair in body.split(',') {
         let (k, v) = pair.split_once('=')?;
-        fields.insert(k.trim(), v.trim().parse::<f64>().ok()?);
+        let v = v.trim().parse::<f64>().ok()?;
+        match k.trim() {
+            "cpu_utilization" => report.cpu_utilization = v,
+            "application_utilization" => report.application_utilization = v,
+            k => {
+                if let Some(n) = k.strip_prefix("utilization.") {
+                    report.utilization.insert(n.to_owned(), v);
+                } else if let Some(n) = k.strip_prefix("named_metrics.") {
+                    report.named_metrics.insert(n.to_owned(), v);
+                }
+            }
+        }
     }
-    let get = |k: &str| fields.get(k).copied();
-    match metric {
-        LoadMetric::Application => get("application_utilization")
-            .filter(|u| *u > 0.0)
-            .or_else(|| get("cpu_utilization")),
-        LoadMetric::Cpu => get("cpu_utilization"),
-        LoadMetric::Utilization(n) => get(&format!("utilization.{n}")),
-        LoadMetric::Named(n) => get(&format!("named_metrics.{n}")),
-    }
-}
-
-/// `{"application_utilization": 0.5, "named_metrics": {"queue": 3}}`.
-fn from_json(body: &str, metric: &LoadMetric) -> Option<f64> {
-    let doc: serde_json::Value = serde_json::from_str(body).ok()?;
-    let get = |k: &str| doc.get(k).and_then(serde_json::Value::as_f64);
-    let map = |m: &str, k: &str| doc.get(m)?.get(k)?.as_f64();
-    match metric {
-        LoadMetric::Application => get("application_utilization")
-            .filter(|u| *u > 0.0)
-            .or_else(|| get("cpu_utilization")),
-        LoadMetric::Cpu => get("cpu_utilization"),
-        LoadMetric::Utilization(n) => map("utilization", n),
-        LoadMetric::Named(n) => map("named_metrics", n),
-    }
+    Some(report)
 }
 
 /// Base64 (standard, padding optional) of the protobuf message.
-fn from_bin(body: &str, metric: &LoadMetric) -> Option<f64> {
+fn from_bin(body: &str) -> Option<OrcaLoadReport> {
     let engine = base64::engine::GeneralPurpose::new(
         &base64::alphabet::STANDARD,
         base64::engine::GeneralPurposeConfig::new()
             .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
     );
     let bytes = engine.decode(body.trim()).ok()?;
-    let report = <OrcaLoadReport as prost::Message>::decode(bytes.as_slice()).ok()?;
-    match metric {
-        LoadMetric::Application if report.application_utilization > 0.0 => {
-            Some(report.application_utilization)
-        }
-        LoadMetric::Application | LoadMetric::Cpu => Some(report.cpu_utilization),
-        LoadMetric::Utilization(n) => report.utilization.get(n).copied(),
-        LoadMetric::Named(n) => report.named_metrics.get(n).copied(),
-    }
+    <OrcaLoadReport as prost::Message>::decode(bytes.as_slice()).ok()
 }
 
 #[cfg(test)]
