@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::io::{AsRawFd, RawFd};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,6 +22,7 @@ use pingora::protocols::SocketDigest;
 use pingora::protocols::{Ssl, Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncWriteExt;
+use tokio::time::{Instant, Sleep};
 
 use super::head_deadline::HeadDeadline;
 use super::proxy_protocol;
@@ -296,6 +298,13 @@ impl<A: HttpServerApp + Send + Sync + 'static, S: ListenerSettings> EdgeApp<A, S
     ) {
         let mut persistent = None;
         let mut first = true;
+        // One idle timer for the connection's life, moved forward before each wait: a timer
+        // registered anew for every wait would be earlier than the runtime's next wake-up
+        // whenever no other timer is pending, and tokio wakes its own driver for that (an
+        // eventfd write and one more epoll_wait per request). Moving a registered timer later
+        // does not.
+        let idle_timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(idle_timer);
         loop {
             // The first request's wait is bounded by the head deadline (from the connection's
             // start); later ones by the listener's idle timeout, read live.
@@ -304,7 +313,7 @@ impl<A: HttpServerApp + Send + Sync + 'static, S: ListenerSettings> EdgeApp<A, S
             } else {
                 self.settings.with_listener(local, |e| e.idle_timeout)
             };
-            if !next_request(&mut conn, idle, shutdown).await {
+            if !next_request(&mut conn, idle, idle_timer.as_mut(), shutdown).await {
                 return;
             }
             let mut session = ServerSession::new_http1(conn);
@@ -337,7 +346,12 @@ impl<A: HttpServerApp + Send + Sync + 'static, S: ListenerSettings> EdgeApp<A, S
 /// Waits until `conn`'s next request starts to arrive (its first bytes are read and kept for
 /// the parser), the connection closes, `idle` passes (zero: no limit beyond the head
 /// deadline), or the service shuts down. True when a request is arriving.
-async fn next_request(conn: &mut HeadDeadline, idle: Duration, shutdown: &ShutdownWatch) -> bool {
+async fn next_request(
+    conn: &mut HeadDeadline,
+    idle: Duration,
+    mut idle_timer: Pin<&mut Sleep>,
+    shutdown: &ShutdownWatch,
+) -> bool {
     if *shutdown.borrow() {
         return false;
     }
@@ -350,16 +364,17 @@ async fn next_request(conn: &mut HeadDeadline, idle: Duration, shutdown: &Shutdo
             }
         }
     };
-    let read = conn.await_bytes();
+    let expired = async move {
+        if idle.is_zero() {
+            std::future::pending::<()>().await;
+        }
+        idle_timer.as_mut().reset(Instant::now() + idle);
+        idle_timer.await;
+    };
     tokio::select! {
         biased;
-        got = async {
-            if idle.is_zero() {
-                read.await
-            } else {
-                tokio::time::timeout(idle, read).await.unwrap_or(Ok(0))
-            }
-        } => matches!(got, Ok(n) if n > 0),
+        got = conn.await_bytes() => matches!(got, Ok(n) if n > 0),
+        () = expired => false,
         () = stopping => false,
     }
 }
