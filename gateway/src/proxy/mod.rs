@@ -122,10 +122,12 @@ impl RequestCtx {
 
 #[async_trait]
 impl ProxyHttp for GatewayProxy {
-    type CTX = RequestCtx;
+    /// Boxed: pingora moves the context by value (out of `new_ctx`, into and within the
+    /// request's future), and a request's state is about a kilobyte; a box moves as a pointer.
+    type CTX = Box<RequestCtx>;
 
-    fn new_ctx(&self) -> RequestCtx {
-        RequestCtx {
+    fn new_ctx(&self) -> Box<RequestCtx> {
+        Box::new(RequestCtx {
             runtime: self.state.runtime(),
             route: None,
             exchange: None,
@@ -146,12 +148,12 @@ impl ProxyHttp for GatewayProxy {
             _inbound: None,
             _route_flight: None,
             _in_flight: self.state.track(),
-        }
+        })
     }
 
     /// Routes the request, fixes its request id and runs the route's request filters (the
     /// global ones when no route matches, then 404).
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
         if self.screen(session, ctx).await? {
             return Ok(true);
         }
@@ -245,7 +247,7 @@ impl ProxyHttp for GatewayProxy {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         let chain = chain_of(&ctx.runtime, ctx.route.as_deref());
         if !chain.inspects_body() {
@@ -273,7 +275,7 @@ impl ProxyHttp for GatewayProxy {
     async fn proxy_upstream_filter(
         &self,
         session: &mut Session,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<bool> {
         let Some(route) = ctx.route.clone() else {
             return Ok(true);
@@ -312,7 +314,7 @@ impl ProxyHttp for GatewayProxy {
     async fn upstream_peer(
         &self,
         session: &mut Session,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<Box<HttpPeer>> {
         ctx.in_proxy_loop = true;
         let now = Instant::now();
@@ -358,7 +360,7 @@ impl ProxyHttp for GatewayProxy {
         &self,
         session: &mut Session,
         _peer: &HttpPeer,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
         mut e: Box<Error>,
     ) -> Box<Error> {
         let failure = upstream_failure(&e)
@@ -377,7 +379,7 @@ impl ProxyHttp for GatewayProxy {
         peer: &HttpPeer,
         session: &mut Session,
         e: Box<Error>,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
@@ -429,7 +431,7 @@ impl ProxyHttp for GatewayProxy {
         &self,
         session: &mut Session,
         upstream: &mut RequestHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         if let Some(rw) = ctx.route.as_ref().and_then(|r| r.rewrite.as_ref()) {
             if let Some(path) = rw.apply(upstream.uri.path(), upstream.uri.query()) {
@@ -450,7 +452,7 @@ impl ProxyHttp for GatewayProxy {
         &self,
         session: &mut Session,
         resp: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         let Some(exchange) = ctx.exchange.as_mut() else {
             return Ok(());
@@ -521,7 +523,7 @@ impl ProxyHttp for GatewayProxy {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<Option<Duration>> {
         let Some(capture) = &mut ctx.capture else {
             return Ok(None);
@@ -544,7 +546,7 @@ impl ProxyHttp for GatewayProxy {
         &self,
         session: &mut Session,
         resp: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> Result<()> {
         decide_keepalive(session, ctx, Connection::KeepAlive);
         // X-Request-Id, Via and perhaps X-Fallback: grow the head's maps once, not per header.
@@ -582,7 +584,7 @@ impl ProxyHttp for GatewayProxy {
         &self,
         session: &mut Session,
         e: &Error,
-        ctx: &mut RequestCtx,
+        ctx: &mut Self::CTX,
     ) -> FailToProxy {
         if let Some(resp) = ctx.filter_reply.take() {
             // The request body was not read to its end, so the connection cannot be reused.
@@ -634,7 +636,7 @@ impl ProxyHttp for GatewayProxy {
 
     /// Records the request's outcome (metrics, the Hystrix window) and writes its access log
     /// line.
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Self::CTX) {
         observe::record(session, ctx);
     }
 }
