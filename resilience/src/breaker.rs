@@ -164,6 +164,9 @@ struct Inner {
     force: Option<Force>,
     metrics: RollingMetrics,
     consecutive_failures: u32,
+    /// When the window last counted an error: a success cannot trip an error-rate breaker
+    /// whose window holds none, so its check is skipped without summing the window.
+    last_error: Option<Instant>,
     /// Bumped on every transition; a permit's outcome only moves the state machine if it was
     /// issued in the current generation.
     generation: u64,
@@ -270,6 +273,7 @@ impl CircuitBreaker {
                 force: None,
                 metrics: RollingMetrics::new(config.window, config.buckets, now),
                 consecutive_failures: 0,
+                last_error: None,
                 generation: 0,
                 transitions: 0,
             }),
@@ -392,6 +396,9 @@ impl CircuitBreaker {
                 Some(l) => inner.metrics.record_with_latency(event, l, now),
                 None => inner.metrics.record(event, now),
             }
+            if event.is_error() {
+                inner.last_error = Some(now);
+            }
         }
         let current = generation == inner.generation;
         let t = match (inner.force, inner.phase) {
@@ -436,6 +443,9 @@ impl CircuitBreaker {
     pub fn record(&self, event: Event, now: Instant) {
         let mut inner = self.lock();
         inner.metrics.record(event, now);
+        if event.is_error() {
+            inner.last_error = Some(now);
+        }
         let t = if inner.force.is_none() && inner.phase == Phase::Closed && event.is_error() {
             self.health_check(&mut inner, Some(event), now)
         } else {
@@ -461,6 +471,12 @@ impl CircuitBreaker {
                 volume_threshold,
                 error_percent,
             } => {
+                let clean = inner
+                    .last_error
+                    .is_none_or(|t| now.saturating_duration_since(t) >= self.config.window);
+                if error_percent > 0 && clean {
+                    return None;
+                }
                 let c = inner.metrics.counts(now);
                 (c.requests() >= volume_threshold && c.error_percent() >= error_percent).then(
                     || {

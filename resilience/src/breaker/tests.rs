@@ -90,6 +90,42 @@ fn below_the_error_percentage_it_stays_closed() {
 }
 
 #[test]
+fn a_success_that_brings_the_window_to_volume_can_open_it() {
+    let f = fixture(BreakerConfig::default());
+    // 15 failures and 4 successes: 19 requests, below volume.
+    for i in 0..15 {
+        f.call(i, Outcome::Failure).expect("closed");
+    }
+    for i in 15..19 {
+        f.call(i, Outcome::Success).expect("closed");
+    }
+    assert_eq!(f.breaker.state(), State::Closed);
+    // The 20th, a success, makes 15/20 = 75 % at volume: open (as Hystrix's next health
+    // snapshot would).
+    f.call(19, Outcome::Success).expect("closed when asked");
+    assert_eq!(f.breaker.state(), State::Open);
+}
+
+#[test]
+fn successes_after_the_errors_left_the_window_keep_it_closed() {
+    let f = fixture(BreakerConfig::default());
+    for i in 0..19 {
+        f.call(i, Outcome::Failure).expect("closed");
+    }
+    // 10 s later the failures are out of the window; many successes follow.
+    for i in 0..40 {
+        f.call(10_019 + i, Outcome::Success).expect("closed");
+    }
+    assert_eq!(f.breaker.state(), State::Closed);
+    let s = f.breaker.snapshot(f.at(10_058));
+    assert_eq!(s.window.errors(), 0);
+    assert_eq!(s.window.requests(), 40);
+    // One failure inside the window again is counted against the successes: 1/41, closed.
+    f.call(10_060, Outcome::Failure).expect("closed");
+    assert_eq!(f.breaker.state(), State::Closed);
+}
+
+#[test]
 fn old_failures_leave_the_window() {
     let f = fixture(BreakerConfig::default());
     for i in 0..15 {
