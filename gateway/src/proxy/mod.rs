@@ -167,11 +167,6 @@ impl ProxyHttp for GatewayProxy {
             .and_then(|d| d.ssl_digest.as_ref())
             .and_then(|s| s.extension.get::<crate::tls::ConnTls>())
             .map_or((None, None), |t| (t.client_cert.clone(), t.xfcc.clone()));
-        // Room, once, for what the gateway adds to this head and to pingora's upstream copy of
-        // it (request id, client certificate, the forwarding headers, Via, trace context):
-        // the parsed head's maps are sized for the fields it came with, and the copy keeps the
-        // room its hash table has, so neither grows again on the way.
-        session.req_header_mut().reserve_headers(8);
         // The client-certificate header is the gateway's to set: never the client's.
         if session.req_header().headers.contains_key(crate::tls::XFCC) {
             session.req_header_mut().remove_header(&crate::tls::XFCC);
