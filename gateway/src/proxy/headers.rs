@@ -137,6 +137,24 @@ pub(super) fn last_good_key(req: &RequestHeader) -> Option<Box<str>> {
 /// Sets the proxy headers of the upstream request: `X-Forwarded-For` (a trusted proxy's chain
 /// with the peer appended; from an untrusted peer the peer alone, with `Forwarded` and
 /// `X-Real-IP` dropped), `X-Forwarded-Proto`, `X-Forwarded-Host`, `Via`, and the trace context.
+/// `X-Forwarded-Host`: the host the client asked for, without a port (`request_host`). The
+/// common case, a `Host` field with no port, is passed on as the same value (a reference count,
+/// no copy or re-validation).
+fn forwarded_host(req: &RequestHeader) -> Option<HeaderValue> {
+    if req.uri.host().is_none() {
+        if let Some(v) = req.headers.get(http::header::HOST) {
+            if !v.is_empty() && !v.as_bytes().contains(&b':') && v.to_str().is_ok() {
+                return Some(v.clone());
+            }
+        }
+    }
+    let host = request_host(&req.uri, &req.headers);
+    if host.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(host).ok()
+}
+
 pub(super) fn set_proxy_headers(
     req: &RequestHeader,
     upstream: &mut RequestHeader,
@@ -165,12 +183,8 @@ pub(super) fn set_proxy_headers(
         HeaderValue::from_static("http")
     };
     upstream.insert_header(X_FORWARDED_PROTO, proto)?;
-    let host = request_host(&req.uri, &req.headers);
-    if !host.is_empty() {
-        let host = HeaderValue::from_str(host).ok();
-        if let Some(h) = host {
-            upstream.insert_header(X_FORWARDED_HOST, h)?;
-        }
+    if let Some(h) = forwarded_host(req) {
+        upstream.insert_header(X_FORWARDED_HOST, h)?;
     }
     let via = appended(
         upstream.headers.get(VIA),
@@ -225,6 +239,43 @@ mod tests {
             let addr: IpAddr = ip.parse().expect("ip");
             assert_eq!(ip_value(addr).expect("value"), addr.to_string().as_str());
         }
+    }
+
+    #[test]
+    fn forwarded_host_is_the_requested_host_without_its_port() {
+        let cases: [(&[u8], Option<&str>); 6] = [
+            (b"api.example.com", Some("api.example.com")),
+            (b"api.example.com:8443", Some("api.example.com")),
+            (b"[::1]:8080", Some("[::1]")),
+            (b"10.0.0.1", Some("10.0.0.1")),
+            (b"", None),
+            (b"caf\xc3\xa9.example", None),
+        ];
+        for (host, want) in cases {
+            let mut req = RequestHeader::build("GET", b"/p", None).expect("req");
+            req.insert_header(
+                http::header::HOST,
+                HeaderValue::from_bytes(host).expect("value"),
+            )
+            .expect("host");
+            let got = forwarded_host(&req);
+            assert_eq!(
+                got.as_ref().map(|v| v.to_str().expect("ascii")),
+                want,
+                "{host:?}"
+            );
+        }
+        // An absolute-form target's authority wins over the Host field.
+        let mut req = RequestHeader::build("GET", b"/p", None).expect("req");
+        req.set_uri(http::Uri::from_static("http://origin.example:81/p"));
+        req.insert_header(http::header::HOST, "other.example")
+            .expect("host");
+        assert_eq!(
+            forwarded_host(&req)
+                .as_ref()
+                .map(|v| v.to_str().expect("ascii")),
+            Some("origin.example")
+        );
     }
 
     #[test]
