@@ -174,6 +174,12 @@ struct Inner {
 }
 
 impl Inner {
+    /// Callers take `now` before the lock, so outcomes can arrive slightly out of order: the
+    /// latest error time is kept.
+    fn note_error(&mut self, now: Instant) {
+        self.last_error = Some(self.last_error.map_or(now, |t| t.max(now)));
+    }
+
     fn state(&self) -> State {
         match (self.force, self.phase) {
             (Some(Force::Open), _) => State::ForcedOpen,
@@ -397,7 +403,7 @@ impl CircuitBreaker {
                 None => inner.metrics.record(event, now),
             }
             if event.is_error() {
-                inner.last_error = Some(now);
+                inner.note_error(now);
             }
         }
         let current = generation == inner.generation;
@@ -444,7 +450,7 @@ impl CircuitBreaker {
         let mut inner = self.lock();
         inner.metrics.record(event, now);
         if event.is_error() {
-            inner.last_error = Some(now);
+            inner.note_error(now);
         }
         let t = if inner.force.is_none() && inner.phase == Phase::Closed && event.is_error() {
             self.health_check(&mut inner, Some(event), now)

@@ -134,27 +134,25 @@ pub(super) fn last_good_key(req: &RequestHeader) -> Option<Box<str>> {
     })
 }
 
-/// Sets the proxy headers of the upstream request: `X-Forwarded-For` (a trusted proxy's chain
-/// with the peer appended; from an untrusted peer the peer alone, with `Forwarded` and
-/// `X-Real-IP` dropped), `X-Forwarded-Proto`, `X-Forwarded-Host`, `Via`, and the trace context.
-/// `X-Forwarded-Host`: the host the client asked for, without a port (`request_host`). The
-/// common case, a `Host` field with no port, is passed on as the same value (a reference count,
-/// no copy or re-validation).
+/// `X-Forwarded-Host`: the host the client asked for, without a port (`request_host`). When
+/// that is the whole `Host` field (no port to drop), the field's value is passed on as it is: a
+/// reference count, not a validated copy.
 fn forwarded_host(req: &RequestHeader) -> Option<HeaderValue> {
-    if req.uri.host().is_none() {
-        if let Some(v) = req.headers.get(http::header::HOST) {
-            if !v.is_empty() && !v.as_bytes().contains(&b':') && v.to_str().is_ok() {
-                return Some(v.clone());
-            }
-        }
-    }
     let host = request_host(&req.uri, &req.headers);
     if host.is_empty() {
         return None;
     }
+    if let Some(v) = req.headers.get(http::header::HOST) {
+        if std::ptr::eq(v.as_bytes(), host.as_bytes()) {
+            return Some(v.clone());
+        }
+    }
     HeaderValue::from_str(host).ok()
 }
 
+/// Sets the proxy headers of the upstream request: `X-Forwarded-For` (a trusted proxy's chain
+/// with the peer appended; from an untrusted peer the peer alone, with `Forwarded` and
+/// `X-Real-IP` dropped), `X-Forwarded-Proto`, `X-Forwarded-Host`, `Via`, and the trace context.
 pub(super) fn set_proxy_headers(
     req: &RequestHeader,
     upstream: &mut RequestHeader,

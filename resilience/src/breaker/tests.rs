@@ -37,6 +37,12 @@ impl Fixture {
             .try_acquire(now)
             .map(|p| p.record(outcome, LAT, now))
     }
+    /// One call at each millisecond of `at`, all admitted (the breaker is closed throughout).
+    fn calls(&self, at: std::ops::Range<u64>, outcome: Outcome) {
+        for i in at {
+            self.call(i, outcome).expect("closed");
+        }
+    }
     fn seen(&self) -> Vec<(State, State)> {
         self.seen.lock().expect("log").clone()
     }
@@ -45,9 +51,7 @@ impl Fixture {
 #[test]
 fn stays_closed_below_the_volume_threshold_even_at_100_percent_errors() {
     let f = fixture(BreakerConfig::default());
-    for i in 0..19 {
-        f.call(i, Outcome::Failure).expect("closed");
-    }
+    f.calls(0..19, Outcome::Failure);
     assert_eq!(f.breaker.state(), State::Closed);
     assert!(f.seen().is_empty());
 }
@@ -56,12 +60,8 @@ fn stays_closed_below_the_volume_threshold_even_at_100_percent_errors() {
 fn opens_at_volume_and_error_percentage() {
     let f = fixture(BreakerConfig::default());
     // 10 successes + 9 failures = 19 requests: below volume.
-    for i in 0..10 {
-        f.call(i, Outcome::Success).expect("closed");
-    }
-    for i in 10..19 {
-        f.call(i, Outcome::Failure).expect("closed");
-    }
+    f.calls(0..10, Outcome::Success);
+    f.calls(10..19, Outcome::Failure);
     assert_eq!(f.breaker.state(), State::Closed);
     // The 20th request, a failure, makes 10/20 = 50 %: open.
     f.call(19, Outcome::Timeout)
@@ -79,12 +79,8 @@ fn opens_at_volume_and_error_percentage() {
 #[test]
 fn below_the_error_percentage_it_stays_closed() {
     let f = fixture(BreakerConfig::default());
-    for i in 0..11 {
-        f.call(i, Outcome::Success).expect("closed");
-    }
-    for i in 11..20 {
-        f.call(i, Outcome::Failure).expect("closed");
-    }
+    f.calls(0..11, Outcome::Success);
+    f.calls(11..20, Outcome::Failure);
     // 9/20 = 45 %.
     assert_eq!(f.breaker.state(), State::Closed);
 }
@@ -93,12 +89,8 @@ fn below_the_error_percentage_it_stays_closed() {
 fn a_success_that_brings_the_window_to_volume_can_open_it() {
     let f = fixture(BreakerConfig::default());
     // 15 failures and 4 successes: 19 requests, below volume.
-    for i in 0..15 {
-        f.call(i, Outcome::Failure).expect("closed");
-    }
-    for i in 15..19 {
-        f.call(i, Outcome::Success).expect("closed");
-    }
+    f.calls(0..15, Outcome::Failure);
+    f.calls(15..19, Outcome::Success);
     assert_eq!(f.breaker.state(), State::Closed);
     // The 20th, a success, makes 15/20 = 75 % at volume: open (as Hystrix's next health
     // snapshot would).
@@ -109,13 +101,9 @@ fn a_success_that_brings_the_window_to_volume_can_open_it() {
 #[test]
 fn successes_after_the_errors_left_the_window_keep_it_closed() {
     let f = fixture(BreakerConfig::default());
-    for i in 0..19 {
-        f.call(i, Outcome::Failure).expect("closed");
-    }
+    f.calls(0..19, Outcome::Failure);
     // 10 s later the failures are out of the window; many successes follow.
-    for i in 0..40 {
-        f.call(10_019 + i, Outcome::Success).expect("closed");
-    }
+    f.calls(10_019..10_059, Outcome::Success);
     assert_eq!(f.breaker.state(), State::Closed);
     let s = f.breaker.snapshot(f.at(10_058));
     assert_eq!(s.window.errors(), 0);
@@ -126,23 +114,31 @@ fn successes_after_the_errors_left_the_window_keep_it_closed() {
 }
 
 #[test]
+fn an_error_reported_late_does_not_hide_a_newer_one() {
+    let f = fixture(BreakerConfig::default());
+    // A call made at 0.9 s reports its failure after 18 failures at 1.5 s were counted.
+    let late = f.breaker.try_acquire(f.at(900)).expect("closed");
+    f.calls(1_500..1_518, Outcome::Failure);
+    late.record(Outcome::Failure, LAT, f.at(900));
+    assert_eq!(f.breaker.state(), State::Closed);
+    // At 10.95 s the 0.9 s bucket has left the window, the 1.5 s one has not: two successes
+    // make 18 errors of 20 requests, and the second opens it.
+    f.calls(10_950..10_952, Outcome::Success);
+    assert_eq!(f.breaker.state(), State::Open);
+}
+
+#[test]
 fn old_failures_leave_the_window() {
     let f = fixture(BreakerConfig::default());
-    for i in 0..15 {
-        f.call(i, Outcome::Failure).expect("closed");
-    }
+    f.calls(0..15, Outcome::Failure);
     // 11 s later the first failures are out of the 10 s window.
-    for i in 0..10 {
-        f.call(11_000 + i, Outcome::Failure).expect("closed");
-    }
+    f.calls(11_000..11_010, Outcome::Failure);
     assert_eq!(f.breaker.state(), State::Closed);
 }
 
 fn tripped() -> Fixture {
     let f = fixture(BreakerConfig::default());
-    for i in 0..20 {
-        f.call(i, Outcome::Failure).expect("closed");
-    }
+    f.calls(0..20, Outcome::Failure);
     assert_eq!(f.breaker.state(), State::Open);
     f
 }
@@ -205,9 +201,7 @@ fn an_abandoned_trial_is_handed_to_the_next_caller() {
 fn late_outcomes_of_calls_made_before_opening_do_not_move_it() {
     let f = fixture(BreakerConfig::default());
     let slow = f.breaker.try_acquire(f.at(0)).expect("closed");
-    for i in 1..=20 {
-        f.call(i, Outcome::Failure).expect("closed");
-    }
+    f.calls(1..21, Outcome::Failure);
     assert_eq!(f.breaker.state(), State::Open);
     let _trial = f.breaker.try_acquire(f.at(5_020)).expect("trial");
     // The call from before the trip succeeds now: it is counted, but it is not the trial.
@@ -218,9 +212,7 @@ fn late_outcomes_of_calls_made_before_opening_do_not_move_it() {
 #[test]
 fn ignored_outcomes_do_not_count() {
     let f = fixture(BreakerConfig::default());
-    for i in 0..30 {
-        f.call(i, Outcome::Ignored).expect("closed");
-    }
+    f.calls(0..30, Outcome::Ignored);
     assert_eq!(f.breaker.snapshot(f.at(30)).window.requests(), 0);
 }
 
