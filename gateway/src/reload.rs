@@ -395,7 +395,13 @@ impl Reloader {
         if s.h2 != config.h2 {
             out.push("http.h2");
         }
-        if s.server != config.server {
+        // `via` and `preserve_header_case` are read per request from the running config.
+        let process_wide = |c: &Config| crate::config::ServerSettings {
+            via: String::new(),
+            preserve_header_case: false,
+            ..c.server.clone()
+        };
+        if process_wide(s) != process_wide(config) {
             out.push("server");
         }
         if s.access_log.format != config.access_log.format {

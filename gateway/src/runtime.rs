@@ -56,6 +56,8 @@ pub(crate) struct Runtime {
     pub via: HeaderValue,
     /// The `Via` entry for requests received over HTTP/2 (`2 NAME`).
     pub via_h2: HeaderValue,
+    /// `[server] preserve_header_case`: header names are passed on in the case they came in.
+    pub preserve_header_case: bool,
     /// Access log settings.
     pub access_log: AccessLogSettings,
     /// The global filters alone, for requests no route matches.
@@ -199,6 +201,7 @@ impl Runtime {
             clusters,
             via,
             via_h2,
+            preserve_header_case: config.server.preserve_header_case,
             access_log: config.access_log.clone(),
             default_chain: FilterChain::new(global),
             kept_filters,

@@ -165,3 +165,116 @@ async fn proxy_headers_request_id_and_hop_by_hop() {
     assert_eq!(v["status"], 200);
     assert!(v["duration_ms"].as_f64().is_some_and(|d| d > 0.0));
 }
+
+/// An upstream on a raw socket: sends each request head it reads to `heads`, and answers
+/// with a field whose name is in mixed case.
+async fn head_recorder() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = tx.send(String::from_utf8_lossy(&buf).into_owned());
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Upstream-Thing: u\r\n\
+                          Connection: close\r\n\r\nok",
+                    )
+                    .await;
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// Sends one request with a mixed-case field on a raw socket; the response head as sent.
+async fn raw_head(gw: &Gateway) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(gw.http)
+        .await
+        .expect("connect");
+    s.write_all(b"GET /c HTTP/1.1\r\nHost: test\r\nX-Client-Thing: c\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("a response within 10 s")
+        .expect("read");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    text.split_once("\r\n\r\n")
+        .map(|(h, _)| h.to_owned())
+        .unwrap_or(text)
+}
+
+/// Header names on the wire: by default standard names go out in title case and others in
+/// lowercase, both ways (as HAProxy and Envoy write them); `preserve_header_case` keeps the
+/// case each name arrived in. Values are never touched.
+#[tokio::test]
+async fn header_name_case_on_the_wire() {
+    for preserve in [false, true] {
+        let (up, mut heads) = head_recorder().await;
+        let gw = Gateway::start_custom(
+            &format!(
+                "[clusters.raw]\nendpoints = [\"{up}\"]\n\n[[routes]]\nname = \"all\"\ncluster = \"raw\"\n"
+            ),
+            &[],
+            |doc| {
+                doc.replacen(
+                    "[server]\n",
+                    &format!("[server]\npreserve_header_case = {preserve}\n"),
+                    1,
+                )
+            },
+        )
+        .await;
+        let down = raw_head(&gw).await;
+        let upstream = heads.recv().await.expect("the upstream saw a request");
+        let has = |head: &str, line: &str| head.lines().any(|l| l == line);
+        // Standard names are title case either way; the gateway's own fields too.
+        assert!(has(&upstream, "Host: test"), "{upstream}");
+        assert!(down.starts_with("HTTP/1.1 200"), "{down}");
+        assert!(has(&down, "Content-Length: 2"), "{down}");
+        if preserve {
+            assert!(has(&upstream, "X-Client-Thing: c"), "{upstream}");
+            assert!(has(&down, "X-Upstream-Thing: u"), "{down}");
+        } else {
+            assert!(has(&upstream, "x-client-thing: c"), "{upstream}");
+            assert!(has(&down, "x-upstream-thing: u"), "{down}");
+        }
+        // The proxy headers are there in both modes, once each.
+        for name in [
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-request-id",
+            "via",
+        ] {
+            let n = upstream
+                .lines()
+                .filter(|l| l.to_ascii_lowercase().starts_with(&format!("{name}:")))
+                .count();
+            assert_eq!(n, 1, "{name} in\n{upstream}");
+        }
+        assert!(
+            down.lines()
+                .any(|l| l.to_ascii_lowercase().starts_with("x-request-id:")),
+            "{down}"
+        );
+    }
+}

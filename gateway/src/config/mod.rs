@@ -176,6 +176,10 @@ pub(crate) struct ServerSettings {
     pub upstream_keepalive_pool_size: usize,
     /// The pseudonym this gateway adds to `Via`.
     pub via: String,
+    /// Whether HTTP/1 header names keep the case they arrived in when the gateway passes them
+    /// on (requests upstream, responses to the client). Without it, standard names are written
+    /// in title case and others in lowercase, as HAProxy and Envoy do by default.
+    pub preserve_header_case: bool,
     /// The Unix socket through which a new process started with `--upgrade` takes over the
     /// listening sockets of this one (pingora's graceful upgrade).
     pub upgrade_sock: PathBuf,

@@ -207,6 +207,7 @@ pub(crate) struct RawServer {
     pub(crate) graceful_shutdown_timeout_seconds: Option<Spanned<i64>>,
     pub(crate) upstream_keepalive_pool_size: Option<Spanned<i64>>,
     pub(crate) via: Option<Spanned<String>>,
+    pub(crate) preserve_header_case: Option<bool>,
     pub(crate) upgrade_sock: Option<Spanned<String>>,
     pub(crate) pid_file: Option<Spanned<String>>,
 }

@@ -176,6 +176,20 @@ fn work_stealing_defaults_to_more_than_one_thread() {
 }
 
 #[test]
+fn header_case_is_not_preserved_unless_asked() {
+    let default = parse(BASE).expect("valid");
+    assert!(!default.server.preserve_header_case);
+    let kept = parse(&format!("[server]\npreserve_header_case = true\n{BASE}")).expect("valid");
+    assert!(kept.server.preserve_header_case);
+    let e = err(&format!("[server]\npreserve_header_case = \"yes\"\n{BASE}"));
+    assert!(e.starts_with("gw.toml:2:"), "{e}");
+    assert!(
+        e.contains("preserve_header_case") || e.contains("bool"),
+        "{e}"
+    );
+}
+
+#[test]
 fn resilience_settings_parse_with_defaults_and_overrides() {
     let text = r#"
 [[listeners]]

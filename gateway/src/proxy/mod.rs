@@ -158,6 +158,11 @@ impl ProxyHttp for GatewayProxy {
             return Ok(true);
         }
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        if !ctx.runtime.preserve_header_case {
+            // Names are then written from the header map itself: the gateway's own fields are
+            // added to one map, not two, and the upstream copy of the head is smaller.
+            session.req_header_mut().drop_header_case();
+        }
         if let Some(answer) = self.acme_http01(session) {
             reply::write(session, ctx, Reply::answer(answer, Connection::KeepAlive)).await?;
             return Ok(true);
@@ -472,6 +477,9 @@ impl ProxyHttp for GatewayProxy {
             return Err(Error::explain(ErrorType::HTTPStatus(502), why));
         }
         exchange.on_load_report(&resp.headers);
+        if !ctx.runtime.preserve_header_case {
+            resp.drop_header_case();
+        }
         let _ = resp.remove_header(&load_report::HEADER);
         let _ = resp.remove_header(&load_report::HEADER_BIN);
         let status = resp.status.as_u16();

@@ -200,6 +200,13 @@ impl RequestHeader {
         }
     }
 
+    /// Stops keeping the header names' original case: from now on the headers are written with
+    /// standard names in title case and other names in lowercase (as without a case map), and
+    /// adding or removing a header touches only the value map.
+    pub fn drop_header_case(&mut self) {
+        self.header_name_map = None;
+    }
+
     /// Append the header name and value to `self`.
     ///
     /// If there are already some headers under the same name, a new value will be added without
@@ -561,6 +568,13 @@ impl ResponseHeader {
         if let Some(map) = self.header_name_map.as_mut() {
             map.reserve(additional);
         }
+    }
+
+    /// Stops keeping the header names' original case: from now on the headers are written with
+    /// standard names in title case and other names in lowercase (as without a case map), and
+    /// adding or removing a header touches only the value map.
+    pub fn drop_header_case(&mut self) {
+        self.header_name_map = None;
     }
 
     /// Append the header name and value to `self`.
@@ -1128,6 +1142,29 @@ mod tests {
         resp.header_to_h1_wire(&mut buf);
         assert_eq!(buf, b"foo: Bar\r\n");
         assert!(resp.case_header_iter().next().is_none());
+    }
+
+    #[test]
+    fn test_drop_header_case() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.append_header("HOST", "h").unwrap();
+        req.append_header("X-Custom", "1").unwrap();
+        req.drop_header_case();
+        assert!(!req.has_case());
+        req.insert_header("X-Added", "2").unwrap();
+        let mut buf: Vec<u8> = vec![];
+        req.header_to_h1_wire(&mut buf);
+        assert_eq!(buf, b"Host: h\r\nx-custom: 1\r\nx-added: 2\r\n");
+
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.append_header("content-LENGTH", "0").unwrap();
+        resp.append_header("X-Custom", "1").unwrap();
+        resp.drop_header_case();
+        assert!(!resp.has_case());
+        assert!(resp.remove_header("x-custom").is_some());
+        let mut buf: Vec<u8> = vec![];
+        resp.header_to_h1_wire(&mut buf);
+        assert_eq!(buf, b"Content-Length: 0\r\n");
     }
 
     #[test]

@@ -373,6 +373,7 @@ fn server_settings(raw: &RawConfig, base_dir: &Path, issues: &mut Issues<'_>) ->
         )
         .unsigned_abs() as usize,
         via,
+        preserve_header_case: s.preserve_header_case.unwrap_or(false),
         upgrade_sock: server_path(&s.upgrade_sock, "upgrade_sock", base_dir, issues)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_UPGRADE_SOCK)),
         pid_file: server_path(&s.pid_file, "pid_file", base_dir, issues),
