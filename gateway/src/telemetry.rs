@@ -18,7 +18,7 @@
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderMap, HeaderValue};
 use opentelemetry::propagation::TextMapPropagator;
@@ -104,7 +104,7 @@ impl RequestTrace {
         method: &str,
         path: &str,
         client: Option<SocketAddr>,
-        started: SystemTime,
+        started: Instant,
     ) -> Self {
         let parent = if headers.contains_key(TRACEPARENT) {
             TraceContextPropagator::new().extract(&HeaderExtractor(headers))
@@ -141,7 +141,8 @@ impl RequestTrace {
         let span = tracer
             .span_builder(method.to_owned())
             .with_kind(SpanKind::Server)
-            .with_start_time(started)
+            // Wall-clock time is read only when there is a span to date.
+            .with_start_time(started_ago(started.elapsed()))
             .with_attributes(attrs)
             .start_with_context(tracer, &parent);
         let server = parent.with_span(span);
@@ -351,7 +352,7 @@ mod tests {
             HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
         );
         h.insert(TRACESTATE, HeaderValue::from_static("vendor=x"));
-        let t = RequestTrace::start(&h, "GET", "/", None, SystemTime::now());
+        let t = RequestTrace::start(&h, "GET", "/", None, Instant::now());
         assert_eq!(t.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(
             t.trace_id_hex().as_str(),
@@ -364,7 +365,7 @@ mod tests {
         );
         assert_eq!(state.expect("tracestate"), "vendor=x");
 
-        let t = RequestTrace::start(&HeaderMap::new(), "GET", "/", None, SystemTime::now());
+        let t = RequestTrace::start(&HeaderMap::new(), "GET", "/", None, Instant::now());
         assert_ne!(t.trace_id(), TraceId::INVALID);
         let (parent, state) = t.upstream_headers();
         let parent = parent.expect("started");
@@ -376,7 +377,7 @@ mod tests {
         // Garbage is replaced by a new trace, never passed on.
         let mut bad = HeaderMap::new();
         bad.insert(TRACEPARENT, HeaderValue::from_static("00-zz-yy-01"));
-        let t = RequestTrace::start(&bad, "GET", "/", None, SystemTime::now());
+        let t = RequestTrace::start(&bad, "GET", "/", None, Instant::now());
         assert_ne!(t.trace_id(), TraceId::INVALID);
     }
 }

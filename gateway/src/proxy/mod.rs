@@ -24,7 +24,7 @@ use crate::fallback::{self, Capture};
 use crate::metrics::RouteInFlight;
 use crate::router::{request_host, RequestView};
 use crate::runtime::{GatewayState, InFlightGuard, Route, Runtime};
-use crate::telemetry::{started_ago, RequestTrace};
+use crate::telemetry::RequestTrace;
 
 mod exchange;
 mod headers;
@@ -201,7 +201,7 @@ impl ProxyHttp for GatewayProxy {
             req.method.as_str(),
             req.uri.path(),
             session.client_addr().and_then(|a| a.as_inet()).copied(),
-            started_ago(ctx.started.elapsed()),
+            ctx.started,
         );
         if let Some(r) = &ctx.route {
             ctx.trace
