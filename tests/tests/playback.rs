@@ -673,7 +673,11 @@ async fn one_trace_follows_a_play_request_through_the_gateway_play_catalog_and_s
     )
     .await;
     let spans = collector
-        .wait_trace(&started, "reached Catalog", |s| want(s, "catalog", 2))
+        .wait_trace(
+            &started,
+            "reached Catalog with the gateway's server span",
+            |s| want(s, "catalog", 2) && want(s, "gateway", 2),
+        )
         .await;
     let root = spans
         .iter()

@@ -57,11 +57,23 @@ pub fn built_bin(package: &str, bin: &str) -> PathBuf {
 
 /// A loopback port the OS just handed out (the gateway binds it right after; pingora binds its
 /// own listeners, so the port cannot be passed as an open socket).
+///
+/// The kernel may hand the same ephemeral port out again once it is released, so a test that
+/// asks for two (a listener and an admin port) could get one twice: no port is returned twice
+/// in one test process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("ephemeral port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("ephemeral port");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Starts an echo upstream on an ephemeral port.
