@@ -305,6 +305,10 @@ impl<A: HttpServerApp + Send + Sync + 'static, S: ListenerSettings> EdgeApp<A, S
         // does not.
         let idle_timer = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(idle_timer);
+        // Likewise one wait for the service's shutdown for the connection's life: a wait made
+        // anew for every request clones the watch and registers with it each time.
+        let stopping = stopped(shutdown.clone());
+        tokio::pin!(stopping);
         loop {
             // The first request's wait is bounded by the head deadline (from the connection's
             // start); later ones by the listener's idle timeout, read live.
@@ -313,7 +317,15 @@ impl<A: HttpServerApp + Send + Sync + 'static, S: ListenerSettings> EdgeApp<A, S
             } else {
                 self.settings.with_listener(local, |e| e.idle_timeout)
             };
-            if !next_request(&mut conn, idle, idle_timer.as_mut(), shutdown).await {
+            if !next_request(
+                &mut conn,
+                idle,
+                idle_timer.as_mut(),
+                stopping.as_mut(),
+                shutdown,
+            )
+            .await
+            {
                 return;
             }
             let mut session = ServerSession::new_http1(conn);
@@ -343,27 +355,30 @@ impl<A: HttpServerApp + Send + Sync + 'static, S: ListenerSettings> EdgeApp<A, S
     }
 }
 
+/// Completes when the service starts shutting down (never, if the server is gone: nothing
+/// will stop the connection but itself).
+async fn stopped(mut watch: ShutdownWatch) {
+    while !*watch.borrow_and_update() {
+        if watch.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// Waits until `conn`'s next request starts to arrive (its first bytes are read and kept for
 /// the parser), the connection closes, `idle` passes (zero: no limit beyond the head
-/// deadline), or the service shuts down. True when a request is arriving.
+/// deadline), or the service shuts down (`stopping`, [`stopped`], which is not polled again
+/// once it completed: the connection ends then). True when a request is arriving.
 async fn next_request(
     conn: &mut HeadDeadline,
     idle: Duration,
     mut idle_timer: Pin<&mut Sleep>,
+    stopping: Pin<&mut impl std::future::Future<Output = ()>>,
     shutdown: &ShutdownWatch,
 ) -> bool {
     if *shutdown.borrow() {
         return false;
     }
-    let mut watch = shutdown.clone();
-    let stopping = async move {
-        while !*watch.borrow_and_update() {
-            if watch.changed().await.is_err() {
-                // The server is gone: nothing will stop this connection but itself.
-                std::future::pending::<()>().await;
-            }
-        }
-    };
     let expired = async move {
         if idle.is_zero() {
             std::future::pending::<()>().await;

@@ -134,11 +134,11 @@ pub(super) fn last_good_key(req: &RequestHeader) -> Option<Box<str>> {
     })
 }
 
-/// `X-Forwarded-Host`: the host the client asked for, without a port (`request_host`). When
-/// that is the whole `Host` field (no port to drop), the field's value is passed on as it is: a
-/// reference count, not a validated copy.
-fn forwarded_host(req: &RequestHeader) -> Option<HeaderValue> {
-    let host = request_host(&req.uri, &req.headers);
+/// `X-Forwarded-Host`: `host`, the host the client asked for without a port
+/// ([`request_host`] of `req`, found once per request by the router). When that is the whole
+/// `Host` field (no port to drop), the field's value is passed on as it is: a reference count,
+/// not a validated copy.
+pub(super) fn forwarded_host(req: &RequestHeader, host: &str) -> Option<HeaderValue> {
     if host.is_empty() {
         return None;
     }
@@ -181,8 +181,8 @@ pub(super) fn set_proxy_headers(
         HeaderValue::from_static("http")
     };
     upstream.insert_header(X_FORWARDED_PROTO, proto)?;
-    if let Some(h) = forwarded_host(req) {
-        upstream.insert_header(X_FORWARDED_HOST, h)?;
+    if let Some(h) = &ctx.forwarded_host {
+        upstream.insert_header(X_FORWARDED_HOST, h.clone())?;
     }
     let via = appended(
         upstream.headers.get(VIA),
@@ -256,7 +256,7 @@ mod tests {
                 HeaderValue::from_bytes(host).expect("value"),
             )
             .expect("host");
-            let got = forwarded_host(&req);
+            let got = forwarded_host(&req, request_host(&req.uri, &req.headers));
             assert_eq!(
                 got.as_ref().map(|v| v.to_str().expect("ascii")),
                 want,
@@ -269,7 +269,7 @@ mod tests {
         req.insert_header(http::header::HOST, "other.example")
             .expect("host");
         assert_eq!(
-            forwarded_host(&req)
+            forwarded_host(&req, request_host(&req.uri, &req.headers))
                 .as_ref()
                 .map(|v| v.to_str().expect("ascii")),
             Some("origin.example")

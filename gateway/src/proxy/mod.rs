@@ -35,8 +35,8 @@ mod reply;
 
 use exchange::{Exchange, Facts, Next, Verdict};
 use headers::{
-    appended, hash_input, last_good_key, new_request_id, set_proxy_headers, usable_request_id,
-    via_entry, X_REQUEST_ID,
+    appended, forwarded_host, hash_input, last_good_key, new_request_id, set_proxy_headers,
+    usable_request_id, via_entry, X_REQUEST_ID,
 };
 pub(crate) use load_report::LoadMetric;
 use reply::{chain_of, decide_keepalive, Connection, Reply};
@@ -67,6 +67,8 @@ pub(crate) struct RequestCtx {
     /// The upstream exchange, from the first admission on.
     exchange: Option<Exchange>,
     request_id: Option<HeaderValue>,
+    /// `X-Forwarded-Host` for the upstream: the host the client asked for.
+    forwarded_host: Option<HeaderValue>,
     /// The client: the socket peer, the PROXY protocol source, or what a trusted proxy
     /// reported.
     client_ip: Option<IpAddr>,
@@ -132,6 +134,7 @@ impl ProxyHttp for GatewayProxy {
             route: None,
             exchange: None,
             request_id: None,
+            forwarded_host: None,
             client_ip: None,
             peer: None,
             peer_trusted: false,
@@ -188,9 +191,11 @@ impl ProxyHttp for GatewayProxy {
             .filter(|v| usable_request_id(v));
         let id = incoming_id.cloned().unwrap_or_else(new_request_id);
         let need_insert = incoming_id.is_none();
+        let host = request_host(&req.uri, &req.headers);
+        ctx.forwarded_host = forwarded_host(req, host);
         let view = RequestView {
             method: &req.method,
-            host: request_host(&req.uri, &req.headers),
+            host,
             path: req.uri.path(),
             headers: &req.headers,
         };

@@ -55,6 +55,16 @@ pub trait IntoCaseHeaderName {
             .or_err(InvalidHTTPHeader, "invalid header name")?;
         Ok((header_name, case_header_name))
     }
+
+    /// The header's [HeaderName] alone, for a head that keeps no case: by default
+    /// [Self::into_header_names()] without its case; a [HeaderName] is returned as it is, with
+    /// no case name made (and, for names that are not standard, allocated) to be dropped.
+    fn into_header_name(self) -> Result<HeaderName>
+    where
+        Self: Sized,
+    {
+        self.into_header_names().map(|(name, _)| name)
+    }
 }
 
 impl IntoCaseHeaderName for CaseHeaderName {
@@ -84,6 +94,10 @@ impl IntoCaseHeaderName for HeaderName {
         let case_header_name = CaseHeaderName(titled_header_name(&self));
         Ok((self, case_header_name))
     }
+
+    fn into_header_name(self) -> Result<HeaderName> {
+        Ok(self)
+    }
 }
 
 impl IntoCaseHeaderName for &HeaderName {
@@ -93,6 +107,10 @@ impl IntoCaseHeaderName for &HeaderName {
 
     fn into_header_names(self) -> Result<(HeaderName, CaseHeaderName)> {
         Ok((self.clone(), CaseHeaderName(titled_header_name(self))))
+    }
+
+    fn into_header_name(self) -> Result<HeaderName> {
+        Ok(self.clone())
     }
 }
 
@@ -140,6 +158,15 @@ mod tests {
         assert_eq!("FoO".into_case_header_name().as_slice(), b"FoO");
         assert_eq!("FoO".to_string().into_case_header_name().as_slice(), b"FoO");
         assert_eq!(header::SERVER.into_case_header_name().as_slice(), b"Server");
+    }
+
+    #[test]
+    fn test_into_header_name() {
+        let custom = HeaderName::from_static("x-request-id");
+        assert_eq!(custom.clone().into_header_name().unwrap(), custom);
+        assert_eq!((&custom).into_header_name().unwrap(), custom);
+        assert_eq!("X-Request-Id".into_header_name().unwrap(), custom);
+        assert!("bad name".into_header_name().is_err());
     }
 
     #[test]
