@@ -889,21 +889,16 @@ fn append_header_value<T>(
     name: impl IntoCaseHeaderName,
     value: T,
 ) -> Result<bool> {
-    let header_name = match name_map {
-        // A head that keeps no case makes no case name.
-        None => name.into_header_name()?,
-        Some(name_map) => {
-            let (header_name, case_header_name) = name.into_header_names()?;
-            // store the original case in the map
-            // Use the non-panicking `try_append`: the infallible `append` calls
-            // `.expect("size overflows MAX_SIZE")` internally, which would abort the
-            // process if the case map ever exceeded `http`'s `MAX_SIZE` (1 << 15).
-            name_map
-                .try_append(header_name.clone(), case_header_name)
-                .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
-            header_name
-        }
-    };
+    let (header_name, case_header_name) = header_names(name, name_map.is_some())?;
+    // store the original case in the map
+    if let (Some(name_map), Some(case_header_name)) = (name_map, case_header_name) {
+        // Use the non-panicking `try_append`: the infallible `append` calls
+        // `.expect("size overflows MAX_SIZE")` internally, which would abort the
+        // process if the case map ever exceeded `http`'s `MAX_SIZE` (1 << 15).
+        name_map
+            .try_append(header_name.clone(), case_header_name)
+            .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
+    }
 
     // Non-panicking `try_append` for the same reason as the case map above.
     value_map.try_append(header_name, value).or_err(
@@ -919,18 +914,27 @@ fn insert_header_value<T>(
     name: impl IntoCaseHeaderName,
     value: T,
 ) -> Result<()> {
-    let header_name = match name_map {
-        // A head that keeps no case makes no case name.
-        None => name.into_header_name()?,
-        Some(name_map) => {
-            let (header_name, case_header_name) = name.into_header_names()?;
-            // store the original case in the map
-            name_map.insert(header_name.clone(), case_header_name);
-            header_name
-        }
-    };
+    let (header_name, case_header_name) = header_names(name, name_map.is_some())?;
+    if let (Some(name_map), Some(case_header_name)) = (name_map, case_header_name) {
+        // store the original case in the map
+        name_map.insert(header_name.clone(), case_header_name);
+    }
     value_map.insert(header_name, value);
     Ok(())
+}
+
+/// The map key of `name`, with the case to write it in only when the head keeps case: a head
+/// that keeps none makes no case name.
+#[inline]
+fn header_names(
+    name: impl IntoCaseHeaderName,
+    keep_case: bool,
+) -> Result<(HeaderName, Option<CaseHeaderName>)> {
+    if keep_case {
+        name.into_header_names().map(|(n, case)| (n, Some(case)))
+    } else {
+        name.into_header_name().map(|n| (n, None))
+    }
 }
 
 // the &N here is to avoid clone(). None Copy type like String can impl AsHeaderName
