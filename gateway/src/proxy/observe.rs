@@ -94,7 +94,12 @@ pub(super) fn record(session: &Session, ctx: &mut RequestCtx) {
     crate::access_log::write(&crate::access_log::AccessRecord {
         method: req.method.as_str(),
         path: req.uri.path(),
-        host: request_host(&req.uri, &req.headers),
+        // Found once per request by the router (before filters ran), else found here.
+        host: ctx
+            .forwarded_host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or_else(|| request_host(&req.uri, &req.headers)),
         route: route.map_or("-", |r| &*r.name),
         cluster: exchange.map_or_else(
             || route.map_or("-", |r| r.cluster.name()),
