@@ -125,7 +125,7 @@ pub(crate) fn write(record: &AccessRecord<'_>) {
         return;
     };
     let mut ts = [0u8; 27];
-    let ts = rfc3339_micros(SystemTime::now(), &mut ts);
+    let ts = timestamp(SystemTime::now(), &mut ts);
     let Ok(mut buf) = sink.buf.lock() else { return };
     let start = buf.len();
     let ok = match sink.format {
@@ -202,14 +202,36 @@ fn rfc3339_micros(now: SystemTime, out: &mut [u8; 27]) -> &str {
             d.copy_from_slice(&two_digits(v));
         }
     }
-    let mut micros = d.subsec_micros();
+    write_micros(out, d.subsec_micros());
+    std::str::from_utf8(out).unwrap_or("")
+}
+
+/// [`rfc3339_micros`], with the date and time of day worked out once per second per thread.
+fn timestamp(now: SystemTime, out: &mut [u8; 27]) -> &str {
+    thread_local! {
+        static LAST: std::cell::Cell<(u64, [u8; 27])> =
+            const { std::cell::Cell::new((u64::MAX, [0; 27])) };
+    }
+    let d = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let (secs, cached) = LAST.get();
+    if secs == d.as_secs() {
+        *out = cached;
+        write_micros(out, d.subsec_micros());
+        return std::str::from_utf8(out).unwrap_or("");
+    }
+    rfc3339_micros(now, out);
+    LAST.set((d.as_secs(), *out));
+    std::str::from_utf8(out).unwrap_or("")
+}
+
+/// The six digits of the microseconds into `YYYY-MM-DDTHH:MM:SS.uuuuuuZ`.
+fn write_micros(out: &mut [u8; 27], mut micros: u32) {
     for i in (20..26).rev() {
         if let Some(c) = out.get_mut(i) {
             *c = b'0' + (micros % 10) as u8;
         }
         micros /= 10;
     }
-    std::str::from_utf8(out).unwrap_or("")
 }
 
 /// `v` (below 100) as two ASCII digits.
@@ -422,6 +444,23 @@ mod tests {
             ),
             "2099-12-31T23:59:59.000001Z"
         );
+    }
+
+    #[test]
+    fn cached_timestamps_are_the_computed_ones() {
+        let base = 1_795_302_095_000_000u64;
+        for micros in [
+            base,
+            base + 1,
+            base + 999_999,
+            base + 1_000_000,
+            base + 7,
+            base + 1,
+        ] {
+            let t = UNIX_EPOCH + Duration::from_micros(micros);
+            let (mut a, mut b) = ([0u8; 27], [0u8; 27]);
+            assert_eq!(timestamp(t, &mut a), rfc3339_micros(t, &mut b));
+        }
     }
 
     fn record<'a>(text: &'a str, id: &'a str) -> AccessRecord<'a> {
