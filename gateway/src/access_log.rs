@@ -133,31 +133,7 @@ pub(crate) fn write(record: &AccessRecord<'_>) {
             write_json(&mut buf, ts, record);
             true
         }
-        LogFormat::Text => {
-            let r = record;
-            write!(
-                buf,
-                "{ts} access method={} path={} host={} route={} cluster={} endpoint={} status={} grpc_status={} bytes_sent={} bytes_received={} duration_ms={:.3} upstream_ms={} attempts={} request_id={} trace_id={} client={} reason={}",
-                r.method,
-                r.path,
-                r.host,
-                r.route,
-                r.cluster,
-                OrDash(r.endpoint),
-                r.status,
-                OrDash(r.grpc_status),
-                r.bytes_sent,
-                r.bytes_received,
-                r.duration_ms,
-                OrDash(r.upstream_ms.map(Millis)),
-                r.attempts,
-                r.request_id,
-                r.trace_id,
-                OrDash(r.client),
-                r.reason
-            )
-            .is_ok()
-        }
+        LogFormat::Text => write_text(&mut buf, ts, record),
     };
     if !ok {
         buf.truncate(start);
@@ -400,6 +376,52 @@ fn json_float(out: &mut Vec<u8>, v: f64) {
     let _ = serde_json::to_writer(out, &v);
 }
 
+/// Writes `r` as one text line (`key=value` pairs); false when writing failed.
+fn write_text(out: &mut Vec<u8>, ts: &str, r: &AccessRecord<'_>) -> bool {
+    write!(
+        out,
+        "{ts} access method={} path={} host={} route={} cluster={} endpoint={} status={} grpc_status={} bytes_sent={} bytes_received={} duration_ms={:.3} upstream_ms={} attempts={} request_id={} trace_id={} client={} reason={}",
+        Plain(r.method),
+        Plain(r.path),
+        Plain(r.host),
+        Plain(r.route),
+        Plain(r.cluster),
+        OrDash(r.endpoint),
+        r.status,
+        OrDash(r.grpc_status),
+        r.bytes_sent,
+        r.bytes_received,
+        r.duration_ms,
+        OrDash(r.upstream_ms.map(Millis)),
+        r.attempts,
+        Plain(r.request_id),
+        Plain(r.trace_id),
+        OrDash(r.client),
+        Plain(r.reason)
+    )
+    .is_ok()
+}
+
+/// A text-format value: as it is when plain (visible ASCII without a space, `"`, `=` or `\`),
+/// else quoted and escaped (Rust's `Debug` form), so that a client's host or request id cannot
+/// add a field to the line or fake one.
+struct Plain<'a>(&'a str);
+
+impl std::fmt::Display for Plain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let plain = !self.0.is_empty()
+            && self
+                .0
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'=' | b'\\'));
+        if plain {
+            f.write_str(self.0)
+        } else {
+            write!(f, "{:?}", self.0)
+        }
+    }
+}
+
 /// `-` for `None`, in the text format.
 struct OrDash<T>(Option<T>);
 
@@ -539,6 +561,25 @@ mod tests {
         assert_eq!(parsed["path"], every_ascii.as_str());
     }
 
+    #[test]
+    fn text_lines_keep_hostile_values_in_their_field() {
+        let mut out = Vec::new();
+        let mut r = record("/a", "id-1");
+        r.host = "evil.example route=admin";
+        r.request_id = "x\"y\\z";
+        r.reason = "";
+        r.upstream_ms = None;
+        r.client = None;
+        assert!(write_text(&mut out, "ts", &r));
+        assert_eq!(
+            String::from_utf8(out).expect("UTF-8"),
+            "ts access method=GET path=/a host=\"evil.example route=admin\" route=all cluster=up \
+             endpoint=127.0.0.1:8080 status=200 grpc_status=- bytes_sent=1024 bytes_received=0 \
+             duration_ms=0.123 upstream_ms=- attempts=1 request_id=\"x\\\"y\\\\z\" trace_id=- \
+             client=- reason=\"\""
+        );
+    }
+
     proptest::proptest! {
         #[test]
         fn any_text_is_written_as_serde_writes_it(
@@ -548,6 +589,43 @@ mod tests {
             let ascii = String::from_utf8(bytes).expect("ASCII");
             let r = record(&text, &ascii);
             proptest::prop_assert_eq!(own_line(&ascii, &r), serde_line(&ascii, &r));
+        }
+
+        #[test]
+        fn text_lines_have_their_fields_whatever_the_values(
+            text in "(?s).{0,40}",
+            id in "[ -~]{0,40}",
+        ) {
+            let mut r = record(&text, &id);
+            r.reason = &text;
+            let mut out = Vec::new();
+            proptest::prop_assert!(write_text(&mut out, "ts", &r));
+            let line = String::from_utf8(out).expect("UTF-8");
+            proptest::prop_assert!(!line.contains('\n'));
+            // Split on spaces outside quotes (a backslash escapes the next character).
+            let (mut keys, mut token, mut quoted, mut escaped) = (Vec::new(), String::new(), false, false);
+            for c in line.chars().chain([' ']) {
+                match c {
+                    _ if escaped => escaped = false,
+                    '\\' if quoted => escaped = true,
+                    '"' => quoted = !quoted,
+                    ' ' if !quoted => {
+                        keys.push(token.split('=').next().unwrap_or_default().to_owned());
+                        token.clear();
+                        continue;
+                    }
+                    _ => {}
+                }
+                token.push(c);
+            }
+            proptest::prop_assert_eq!(
+                keys,
+                [
+                    "ts", "access", "method", "path", "host", "route", "cluster", "endpoint",
+                    "status", "grpc_status", "bytes_sent", "bytes_received", "duration_ms",
+                    "upstream_ms", "attempts", "request_id", "trace_id", "client", "reason",
+                ]
+            );
         }
     }
 }
