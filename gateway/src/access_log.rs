@@ -222,52 +222,64 @@ fn two_digits(v: u32) -> [u8; 2] {
 fn write_json(out: &mut Vec<u8>, ts: &str, r: &AccessRecord<'_>) {
     out.extend_from_slice(b"{\"timestamp\":");
     json_str(out, ts);
-    out.extend_from_slice(b",\"target\":\"access\",\"method\":");
-    json_str(out, r.method);
-    out.extend_from_slice(b",\"path\":");
-    json_str(out, r.path);
-    out.extend_from_slice(b",\"host\":");
-    json_str(out, r.host);
-    out.extend_from_slice(b",\"route\":");
-    json_str(out, r.route);
-    out.extend_from_slice(b",\"cluster\":");
-    json_str(out, r.cluster);
-    out.extend_from_slice(b",\"endpoint\":");
+    out.extend_from_slice(b",\"target\":\"access\"");
+    let names = [
+        ("method", r.method),
+        ("path", r.path),
+        ("host", r.host),
+        ("route", r.route),
+        ("cluster", r.cluster),
+    ];
+    for (key, value) in names {
+        json_key(out, key);
+        json_str(out, value);
+    }
+    json_key(out, "endpoint");
     match r.endpoint {
         Some(a) => json_addr(out, a.ip(), Some(a)),
         None => out.extend_from_slice(b"null"),
     }
-    out.extend_from_slice(b",\"status\":");
+    json_key(out, "status");
     json_uint(out, u64::from(r.status));
     if let Some(g) = r.grpc_status {
-        out.extend_from_slice(b",\"grpc_status\":");
+        json_key(out, "grpc_status");
         json_uint(out, u64::from(g));
     }
-    out.extend_from_slice(b",\"bytes_sent\":");
-    json_uint(out, r.bytes_sent);
-    out.extend_from_slice(b",\"bytes_received\":");
-    json_uint(out, r.bytes_received);
-    out.extend_from_slice(b",\"duration_ms\":");
+    for (key, value) in [
+        ("bytes_sent", r.bytes_sent),
+        ("bytes_received", r.bytes_received),
+    ] {
+        json_key(out, key);
+        json_uint(out, value);
+    }
+    json_key(out, "duration_ms");
     json_float(out, r.duration_ms);
-    out.extend_from_slice(b",\"upstream_ms\":");
+    json_key(out, "upstream_ms");
     match r.upstream_ms {
         Some(u) => json_float(out, u),
         None => out.extend_from_slice(b"null"),
     }
-    out.extend_from_slice(b",\"attempts\":");
+    json_key(out, "attempts");
     json_uint(out, u64::from(r.attempts));
-    out.extend_from_slice(b",\"request_id\":");
-    json_str(out, r.request_id);
-    out.extend_from_slice(b",\"trace_id\":");
-    json_str(out, r.trace_id);
-    out.extend_from_slice(b",\"client\":");
+    for (key, value) in [("request_id", r.request_id), ("trace_id", r.trace_id)] {
+        json_key(out, key);
+        json_str(out, value);
+    }
+    json_key(out, "client");
     match r.client {
         Some(a) => json_addr(out, a, None),
         None => out.extend_from_slice(b"null"),
     }
-    out.extend_from_slice(b",\"reason\":");
+    json_key(out, "reason");
     json_str(out, r.reason);
     out.push(b'}');
+}
+
+/// `,"key":` (the keys are constants with nothing to escape).
+fn json_key(out: &mut Vec<u8>, key: &str) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":");
 }
 
 /// A JSON string: `"`, `\\` and control characters escaped as `serde_json` escapes them
