@@ -37,7 +37,7 @@ pub(crate) fn install(format: LogFormat) -> Option<WorkerGuard> {
     let sink = Sink {
         writer,
         format,
-        buf: Mutex::new(Vec::with_capacity(BATCH_BYTES + 4096)),
+        buf: Mutex::new(batch()),
     };
     SINK.set(sink).ok()?;
     let spawned = std::thread::Builder::new()
@@ -56,12 +56,21 @@ pub(crate) fn install(format: LogFormat) -> Option<WorkerGuard> {
 pub(crate) fn flush() {
     let Some(sink) = SINK.get() else { return };
     let chunk = match sink.buf.lock() {
-        Ok(mut buf) if !buf.is_empty() => {
-            std::mem::replace(&mut *buf, Vec::with_capacity(BATCH_BYTES + 4096))
-        }
+        Ok(mut buf) if !buf.is_empty() => std::mem::replace(&mut *buf, batch()),
         _ => return,
     };
-    let _ = sink.writer.make_writer().write_all(&chunk);
+    sink.hand_off(&chunk);
+}
+
+/// An empty buffer for the next batch of lines (room for the line that crosses the mark).
+fn batch() -> Vec<u8> {
+    Vec::with_capacity(BATCH_BYTES + 4096)
+}
+
+impl Sink {
+    fn hand_off(&self, chunk: &[u8]) {
+        let _ = self.writer.make_writer().write_all(chunk);
+    }
 }
 
 /// One request's access record.
@@ -141,9 +150,9 @@ pub(crate) fn write(record: &AccessRecord<'_>) {
     }
     buf.push(b'\n');
     if buf.len() >= BATCH_BYTES {
-        let chunk = std::mem::replace(&mut *buf, Vec::with_capacity(BATCH_BYTES + 4096));
+        let chunk = std::mem::replace(&mut *buf, batch());
         drop(buf);
-        let _ = sink.writer.make_writer().write_all(&chunk);
+        sink.hand_off(&chunk);
     }
 }
 
