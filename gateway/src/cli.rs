@@ -109,9 +109,7 @@ pub(crate) fn main_with(registry: &FilterRegistry) -> ExitCode {
                 }
             };
             let guards = Mutex::new(vec![init_logging(cfg.access_log.format)]);
-            if let Ok(mut g) = guards.lock() {
-                g.extend(crate::access_log::install(cfg.access_log.format));
-            }
+            crate::access_log::install(cfg.access_log.format);
             // Trace export, when the OTEL_* environment asks for it (off by default).
             let tracing_provider = match crate::telemetry::init_from_env("gateway") {
                 Ok(Some(p)) => {

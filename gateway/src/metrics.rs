@@ -87,6 +87,7 @@ pub(crate) struct Metrics {
     tls_reloads: IntCounterVec,
     tls_expiry: GaugeVec,
     acme_orders: IntCounterVec,
+    access_log_dropped: IntCounter,
     /// One scrape at a time sets the state gauges.
     scrape: Mutex<()>,
 }
@@ -172,6 +173,7 @@ impl Metrics {
             tls_reloads: family!(reg, IntCounterVec, "gateway_tls_certificate_reloads_total", "Reloads of a listener's certificate files by result (applied, rejected: the old ones keep serving).", &["listener", "result"]),
             tls_expiry: family!(reg, GaugeVec, "gateway_tls_certificate_expiry_timestamp_seconds", "When each served certificate expires (Unix time), by listener, its names and where it came from.", &["listener", "names", "source"]),
             acme_orders: family!(reg, IntCounterVec, "gateway_acme_orders_total", "ACME certificate orders by result (issued, failed).", &["result"]),
+            access_log_dropped: registered(reg, IntCounter::new("gateway_access_log_dropped_lines_total", "Access-log lines dropped because stdout did not keep up (8 MiB of lines waiting) or failed.").expect("valid metric")),
             scrape: Mutex::new(()),
             registry: r,
         };
@@ -428,6 +430,11 @@ impl Metrics {
         }
         self.process_in_flight.set(scrape.in_flight as i64);
         self.draining.set(i64::from(scrape.draining));
+        let dropped = crate::access_log::dropped_lines();
+        let counted = self.access_log_dropped.get();
+        if dropped > counted {
+            self.access_log_dropped.inc_by(dropped - counted);
+        }
     }
 }
 
