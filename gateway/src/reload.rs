@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use discovery::UpdateStream;
 use filters::FilterRegistry;
@@ -21,6 +21,9 @@ use tokio::task::JoinHandle;
 use crate::cluster::Cluster;
 use crate::config::{Config, ReloadSettings};
 use crate::runtime::{follow, GatewayState, Runtime};
+
+mod watch;
+pub(crate) use watch::watch_file;
 
 /// One accepted config document.
 #[derive(Debug, Clone, Serialize)]
@@ -465,51 +468,6 @@ impl Reloader {
                 "consul_kv": r.consul_kv,
             },
         })
-    }
-}
-
-/// Watches the config file and reloads it after `debounce` of quiet. The directory is
-/// watched, not the file, so editors that write a new file and rename it over the old one
-/// (vim, sed -i, Kubernetes ConfigMap symlink swaps) are seen too.
-pub(crate) async fn watch_file(reloader: Arc<Reloader>, debounce: Duration) {
-    use notify::{RecursiveMode, Watcher};
-    let path = reloader.path().to_owned();
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let name = path.file_name().map(|n| n.to_owned());
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
-            let ours = event.paths.iter().any(|p| p.file_name() == name.as_deref());
-            if ours && !event.kind.is_access() {
-                let _ = tx.send(());
-            }
-        }
-    });
-    let mut watcher = match watcher {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch the config file; reload with SIGHUP or the admin API");
-            return;
-        }
-    };
-    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
-        tracing::error!(dir = %dir.display(), error = %e, "cannot watch the config directory; reload with SIGHUP or the admin API");
-        return;
-    }
-    tracing::info!(file = %path.display(), debounce_ms = debounce.as_millis() as u64, "watching the config file");
-    while rx.recv().await.is_some() {
-        // Wait for `debounce` without another event: an editor's several writes become one.
-        loop {
-            match tokio::time::timeout(debounce, rx.recv()).await {
-                Ok(Some(())) => continue,
-                Ok(None) => return,
-                Err(_) => break,
-            }
-        }
-        let _ = reloader.reload_file("file").await;
     }
 }
 
