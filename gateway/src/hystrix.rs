@@ -357,6 +357,7 @@ mod tests {
                     execution: Some(Event::Success),
                     fallback: None,
                 },
+                Instant::now(),
             );
         }
         route.metrics.finish(
@@ -366,6 +367,7 @@ mod tests {
                 execution: Some(Event::Failure),
                 fallback: Some(Event::FallbackSuccess),
             },
+            Instant::now(),
         );
         let mut peaks = Peaks::default();
         let lines = frame(&runtime, &mut peaks, Instant::now(), 42);

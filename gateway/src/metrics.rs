@@ -545,8 +545,15 @@ impl RouteMetrics {
         RouteInFlight(self.clone())
     }
 
-    /// Records the end of a request: status class, latency, and its events in the window.
-    pub(crate) fn finish(&self, status: u16, elapsed: Duration, events: RequestEvents) {
+    /// Records the end of a request at `now`: status class, latency, and its events in the
+    /// window.
+    pub(crate) fn finish(
+        &self,
+        status: u16,
+        elapsed: Duration,
+        events: RequestEvents,
+        now: Instant,
+    ) {
         if let Some(c) = self.by_class.get(usize::from(status / 100)) {
             c.inc();
         }
@@ -554,7 +561,6 @@ impl RouteMetrics {
         if events.execution.is_none() && events.fallback.is_none() {
             return;
         }
-        let now = Instant::now();
         let mut w = lock(&self.rolling);
         if let Some(e) = events.execution {
             w.record_with_latency(e, elapsed, now);
@@ -653,6 +659,7 @@ mod tests {
                 execution: Some(Event::Success),
                 fallback: None,
             },
+            Instant::now(),
         );
         r.finish(
             503,
@@ -661,6 +668,7 @@ mod tests {
                 execution: Some(Event::ShortCircuited),
                 fallback: Some(Event::FallbackFailure),
             },
+            Instant::now(),
         );
         m.filter_rejection("api", "jwt", 401);
         m.fallback("api", "static", true);

@@ -2,6 +2,7 @@
 //! window (from the events the exchange recorded as they happened), and the access-log line.
 
 use std::borrow::Cow;
+use std::time::Instant;
 
 use pingora::proxy::Session;
 use resilience::Event;
@@ -50,12 +51,13 @@ pub(super) fn record(session: &Session, ctx: &mut RequestCtx) {
         || ctx.error.map_or(0, GatewayError::status),
         |r| r.status.as_u16(),
     );
-    let elapsed = ctx.started.elapsed();
+    let now = Instant::now();
+    let elapsed = now.saturating_duration_since(ctx.started);
     let route = ctx.route.as_deref();
     let exchange = ctx.exchange.as_ref();
     let events = request_events(ctx);
     if let Some(r) = route {
-        r.metrics.finish(status, elapsed, events);
+        r.metrics.finish(status, elapsed, events, now);
         let fallback = exchange.and_then(|x| {
             x.local_fallback().or_else(|| {
                 x.moved()
