@@ -1055,25 +1055,43 @@ fn normalize_field_value(raw: bytes::Bytes) -> bytes::Bytes {
 
 #[inline]
 fn header_to_h1_wire(key_map: Option<&CaseMap>, value_map: &HMap, buf: &mut impl BufMut) {
-    const CRLF: &[u8; 2] = b"\r\n";
-    const HEADER_KV_DELIMITER: &[u8; 2] = b": ";
-
     if let Some(key_map) = key_map {
         case_header_iter(key_map.into(), value_map).for_each(|(case_header, val)| {
-            buf.put_slice(case_header.as_slice());
-            buf.put_slice(HEADER_KV_DELIMITER);
-            buf.put_slice(val.as_ref());
-            buf.put_slice(CRLF);
+            put_header_line(buf, case_header.as_slice(), val.as_ref());
         });
     } else {
         for (header, value) in value_map {
             let titled_header =
                 case_header_name::titled_header_name_str(header).unwrap_or(header.as_str());
-            buf.put_slice(titled_header.as_bytes());
-            buf.put_slice(HEADER_KV_DELIMITER);
-            buf.put_slice(value.as_ref());
-            buf.put_slice(CRLF);
+            put_header_line(buf, titled_header.as_bytes(), value.as_ref());
         }
+    }
+}
+
+/// Writes one `name: value\r\n` line. When the buffer's current chunk has room for the whole
+/// line (a head's buffer is allocated with room for a typical head), the line is written with
+/// one bounds check and two copies, the delimiters as fixed-size stores; otherwise it falls
+/// back to four `put_slice` calls, which grow the buffer. The bytes written are the same.
+#[inline]
+fn put_header_line(buf: &mut impl BufMut, name: &[u8], value: &[u8]) {
+    const CRLF: &[u8; 2] = b"\r\n";
+    const HEADER_KV_DELIMITER: &[u8; 2] = b": ";
+
+    let (n, v) = (name.len(), value.len());
+    let len = n + v + 4;
+    let dst = buf.chunk_mut();
+    if dst.len() >= len {
+        dst[..n].copy_from_slice(name);
+        dst[n..n + 2].copy_from_slice(HEADER_KV_DELIMITER);
+        dst[n + 2..n + 2 + v].copy_from_slice(value);
+        dst[n + 2 + v..len].copy_from_slice(CRLF);
+        // SAFETY: the first `len` bytes of the chunk were initialized just above.
+        unsafe { buf.advance_mut(len) };
+    } else {
+        buf.put_slice(name);
+        buf.put_slice(HEADER_KV_DELIMITER);
+        buf.put_slice(value);
+        buf.put_slice(CRLF);
     }
 }
 
@@ -1161,6 +1179,35 @@ mod tests {
         resp.header_to_h1_wire(&mut buf);
         assert_eq!(buf, b"foo: Bar\r\n");
         assert!(resp.case_header_iter().next().is_none());
+    }
+
+    #[test]
+    fn header_lines_are_the_same_whatever_room_the_buffer_has() {
+        // Lines that fit the buffer's chunk take the one-copy path, longer ones the
+        // `put_slice` path that grows it; both must write the same bytes in the same order.
+        let long = "v".repeat(300);
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.append_header("Host", "h").unwrap();
+        req.append_header("X-Long", long.as_str()).unwrap();
+        req.append_header("x-short", "1").unwrap();
+        let want = format!("Host: h\r\nX-Long: {long}\r\nx-short: 1\r\n");
+        for capacity in [0, 8, 16, 64, 512] {
+            let mut buf = bytes::BytesMut::with_capacity(capacity);
+            req.header_to_h1_wire(&mut buf);
+            assert_eq!(&buf[..], want.as_bytes(), "case kept, capacity {capacity}");
+        }
+        req.drop_header_case();
+        let want = format!("Host: h\r\nx-long: {long}\r\nx-short: 1\r\n");
+        for capacity in [0, 8, 16, 64, 512] {
+            let mut buf = bytes::BytesMut::with_capacity(capacity);
+            buf.put_slice(b"GET / HTTP/1.1\r\n");
+            req.header_to_h1_wire(&mut buf);
+            assert_eq!(
+                &buf[..],
+                [&b"GET / HTTP/1.1\r\n"[..], want.as_bytes()].concat(),
+                "no case, capacity {capacity}"
+            );
+        }
     }
 
     #[test]
