@@ -23,10 +23,14 @@ pub(super) const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 /// Longest client-supplied request id that is passed on; longer ones are replaced.
 pub(super) const MAX_REQUEST_ID: usize = 128;
 
+/// A new v4 UUID request id. Its bytes are owned by a reference-counted allocation from the
+/// start (`Bytes::from_owner`): the id is copied to the upstream request, the response and the
+/// filters' context, and a value made from a `Vec` would allocate again for its first copy.
 pub(super) fn new_request_id() -> HeaderValue {
-    let mut buf = uuid::Uuid::encode_buffer();
-    let s = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid-request-id"))
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid-request-id"))
 }
 
 pub(super) fn usable_request_id(v: &HeaderValue) -> bool {

@@ -66,7 +66,6 @@ pub(crate) struct RequestCtx {
     route: Option<Arc<Route>>,
     /// The upstream exchange, from the first admission on.
     exchange: Option<Exchange>,
-    request_id: Option<HeaderValue>,
     /// `X-Forwarded-Host` for the upstream: the host the client asked for.
     forwarded_host: Option<HeaderValue>,
     /// The client: the socket peer, the PROXY protocol source, or what a trusted proxy
@@ -133,7 +132,6 @@ impl ProxyHttp for GatewayProxy {
             runtime: self.state.runtime(),
             route: None,
             exchange: None,
-            request_id: None,
             forwarded_host: None,
             client_ip: None,
             peer: None,
@@ -220,13 +218,12 @@ impl ProxyHttp for GatewayProxy {
         ctx.filters = FilterContext::new(
             ctx.route.as_ref().map(|r| r.name.clone()),
             ctx.client_ip,
-            Some(id.clone()),
+            Some(id),
             ctx.tls,
         );
         if let Some(cert) = client_cert {
             ctx.filters.set_client_certificate(cert);
         }
-        ctx.request_id = Some(id);
         if let Some(route) = ctx.route.clone() {
             if self.admit_inbound(session, ctx, &route).await? {
                 return Ok(true);
@@ -564,7 +561,7 @@ impl ProxyHttp for GatewayProxy {
         decide_keepalive(session, ctx, Connection::KeepAlive);
         // X-Request-Id, Via and perhaps X-Fallback: grow the head's maps once, not per header.
         resp.reserve_headers(3);
-        if let Some(id) = &ctx.request_id {
+        if let Some(id) = ctx.filters.request_id() {
             resp.insert_header(X_REQUEST_ID, id.clone())?;
         }
         let via = appended(

@@ -120,8 +120,8 @@ pub(super) fn record(session: &Session, ctx: &mut RequestCtx) {
             .map(|d| d.as_secs_f64() * 1000.0),
         attempts: exchange.map_or(0, |x| x.attempts()),
         request_id: ctx
-            .request_id
-            .as_ref()
+            .filters
+            .request_id()
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-"),
         trace_id: trace_id.as_str(),

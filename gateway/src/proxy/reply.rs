@@ -64,7 +64,7 @@ impl Reply {
         let body = error.body(
             route.map(|r| &*r.name),
             cluster,
-            ctx.request_id.as_ref().and_then(|v| v.to_str().ok()),
+            ctx.filters.request_id().and_then(|v| v.to_str().ok()),
         );
         let mut response = http::Response::new(Bytes::from(body));
         *response.status_mut() =
@@ -119,7 +119,7 @@ pub(super) async fn write(session: &mut Session, ctx: &mut RequestCtx, reply: Re
     let (mut head, mut body) = reply.response.into_parts();
     head.headers
         .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
-    if let Some(id) = &ctx.request_id {
+    if let Some(id) = ctx.filters.request_id() {
         head.headers.insert(X_REQUEST_ID, id.clone());
     }
     let chain = chain_of(&ctx.runtime, ctx.route.as_deref());
