@@ -171,6 +171,18 @@ fn request_host_strips_port() {
     assert_eq!(request_host(&uri, &headers), "[::1]");
     let abs: http::Uri = "http://h2.example.com:443/x".parse().expect("uri");
     assert_eq!(request_host(&abs, &headers), "h2.example.com");
+    for (host, want) in [
+        ("api.example.com", "api.example.com"),
+        ("[::1]", "[::1]"),
+        ("[::1", "[::1"),
+        ("a:b:8080", "a:b"),
+        (":8080", ""),
+        ("caf\u{e9}.example:81", ""), // not visible ASCII: no host
+    ] {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_str(host).expect("value"));
+        assert_eq!(request_host(&uri, &h), want, "{host}");
+    }
 }
 
 mod properties {
