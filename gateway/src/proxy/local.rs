@@ -14,8 +14,7 @@ use super::{GatewayProxy, RequestCtx};
 use crate::edge::screen::Refusal;
 use crate::edge::Screen;
 use crate::errors::GatewayError;
-use crate::runtime::Route;
-use resilience::Failure;
+use resilience::{Failure, Priority};
 
 impl GatewayProxy {
     /// Removes a priority header an untrusted client sent; then, when the gateway has an
@@ -26,7 +25,7 @@ impl GatewayProxy {
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
-        route: &Route,
+        route_priority: Option<Priority>,
     ) -> Result<bool> {
         let overload = &ctx.runtime.overload;
         if let Some(name) = overload.header_name() {
@@ -38,7 +37,7 @@ impl GatewayProxy {
             return Ok(false);
         }
         let headers = &session.req_header().headers;
-        let priority = overload.priority(route.policy.priority, headers, ctx.client_ip);
+        let priority = overload.priority(route_priority, headers, ctx.client_ip);
         match overload.admit(priority).await {
             Ok(slot) => {
                 ctx._inbound = slot;

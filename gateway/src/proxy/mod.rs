@@ -224,8 +224,8 @@ impl ProxyHttp for GatewayProxy {
         if let Some(cert) = client_cert {
             ctx.filters.set_client_certificate(cert);
         }
-        if let Some(route) = ctx.route.clone() {
-            if self.admit_inbound(session, ctx, &route).await? {
+        if let Some(priority) = ctx.route.as_ref().map(|r| r.policy.priority) {
+            if self.admit_inbound(session, ctx, priority).await? {
                 return Ok(true);
             }
         }
