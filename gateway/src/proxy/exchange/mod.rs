@@ -213,12 +213,11 @@ impl Exchange {
         now: Instant,
     ) -> Result<(), Failure> {
         loop {
-            let cluster = self.target.clone();
-            let key = match &cluster.spec().load_balancing {
+            let key = match &self.target.spec().load_balancing {
                 LoadBalancing::ConsistentHash(key) => hash(key),
                 _ => Vec::new(),
             };
-            match self.admit_to(&cluster, &key, now).await {
+            match self.admit_to(&key, now).await {
                 Ok(admitted) => {
                     self.admitted = Some(admitted);
                     return Ok(());
@@ -234,10 +233,11 @@ impl Exchange {
 
     async fn admit_to(
         &mut self,
-        cluster: &Arc<Cluster>,
         hash: &[u8],
         now: Instant,
     ) -> Result<(Picked, Option<Permit>), Failure> {
+        // The target, borrowed apart from the fields set below (no reference count taken).
+        let cluster = &self.target;
         if self.deadline.is_some_and(|d| now >= d) {
             return Err(Failure::Timeout);
         }
