@@ -76,32 +76,47 @@ impl Time {
 
 /// the stub for waiting for a timer to be expired.
 #[derive(Clone)]
-pub struct TimerStub(Arc<Notify>, Arc<AtomicBool>);
+pub struct TimerStub(Arc<TimerState>);
+
+/// A timer's wake-up and whether it has fired, in one allocation: a stub handed out (and
+/// dropped) costs one reference count instead of two.
+struct TimerState {
+    notify: Notify,
+    fired: AtomicBool,
+}
 
 impl TimerStub {
     /// Wait for the timer to expire.
     pub async fn poll(self) {
-        if self.1.load(Ordering::SeqCst) {
+        // The wait is made before the flag is read: a `Notified` receives every
+        // `notify_waiters` from its creation on, so a timer that fires between the read and
+        // the wait still wakes it (read first, such a firing would be missed and the wait
+        // would never end).
+        let notified = self.0.notify.notified();
+        if self.0.fired.load(Ordering::SeqCst) {
             return;
         }
-        self.0.notified().await;
+        notified.await;
     }
 }
 
-struct Timer(Arc<Notify>, Arc<AtomicBool>);
+struct Timer(Arc<TimerState>);
 
 impl Timer {
     pub fn new() -> Self {
-        Timer(Arc::new(Notify::new()), Arc::new(AtomicBool::new(false)))
+        Timer(Arc::new(TimerState {
+            notify: Notify::new(),
+            fired: AtomicBool::new(false),
+        }))
     }
 
     pub fn fire(&self) {
-        self.1.store(true, Ordering::SeqCst);
-        self.0.notify_waiters();
+        self.0.fired.store(true, Ordering::SeqCst);
+        self.0.notify.notify_waiters();
     }
 
     pub fn subscribe(&self) -> TimerStub {
-        TimerStub(self.0.clone(), self.1.clone())
+        TimerStub(self.0.clone())
     }
 }
 
@@ -316,6 +331,27 @@ impl TimerManager {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn test_stub_wakes_whether_fired_before_or_while_waiting() {
+        // Fired before the wait: the flag ends it at once.
+        let timer = Timer::new();
+        let stub = timer.subscribe();
+        timer.fire();
+        stub.poll().await;
+        // Fired while waiting: the notification ends it.
+        let timer = Timer::new();
+        let wait = tokio::spawn(timer.subscribe().poll());
+        tokio::task::yield_now().await;
+        timer.fire();
+        wait.await.unwrap();
+        // One allocation shared by the timer and its stubs.
+        let timer = Timer::new();
+        let stub = timer.subscribe();
+        assert_eq!(Arc::strong_count(&timer.0), 2);
+        drop(stub);
+        assert_eq!(Arc::strong_count(&timer.0), 1);
+    }
 
     #[test]
     fn test_round() {
