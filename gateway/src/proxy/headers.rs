@@ -38,10 +38,10 @@ pub(super) fn usable_request_id(v: &HeaderValue) -> bool {
 }
 
 /// Appends `entry` to a comma-separated header (`X-Forwarded-For`, `Via`); without an
-/// existing value, `entry` itself (a clone shares its bytes).
-pub(super) fn appended(existing: Option<&HeaderValue>, entry: &HeaderValue) -> Option<HeaderValue> {
+/// existing value, `entry` itself.
+pub(super) fn appended(existing: Option<&HeaderValue>, entry: HeaderValue) -> Option<HeaderValue> {
     match existing {
-        None => Some(entry.clone()),
+        None => Some(entry),
         Some(prev) => {
             let mut v = Vec::with_capacity(prev.len() + 2 + entry.len());
             v.extend_from_slice(prev.as_bytes());
@@ -151,7 +151,38 @@ pub(super) fn forwarded_host(req: &RequestHeader, host: &str) -> Option<HeaderVa
             return Some(v.clone());
         }
     }
-    HeaderValue::from_str(host).ok()
+    shared_value(host.as_bytes())
+}
+
+/// Longest value [`shared_value`] keeps in its one allocation.
+const SHARED_INLINE: usize = 64;
+
+/// A value's bytes in a fixed buffer, for [`shared_value`].
+struct Inline {
+    len: u8,
+    buf: [u8; SHARED_INLINE],
+}
+
+impl AsRef<[u8]> for Inline {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..usize::from(self.len)]
+    }
+}
+
+/// `bytes` (validated) as a header value that is reference-counted from the start, in one
+/// allocation when it is at most [`SHARED_INLINE`] bytes long: for a value the gateway both
+/// keeps and sends (`X-Forwarded-Host`, kept for the access log), whose first clone would
+/// otherwise allocate again (a value copied into its own `Vec` is shared only once cloned).
+pub(super) fn shared_value(bytes: &[u8]) -> Option<HeaderValue> {
+    if bytes.len() > SHARED_INLINE {
+        return HeaderValue::from_bytes(bytes).ok();
+    }
+    let mut inline = Inline {
+        len: bytes.len() as u8,
+        buf: [0; SHARED_INLINE],
+    };
+    inline.buf[..bytes.len()].copy_from_slice(bytes);
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(inline)).ok()
 }
 
 /// Sets the proxy headers of the upstream request: `X-Forwarded-For` (a trusted proxy's chain
@@ -175,7 +206,7 @@ pub(super) fn set_proxy_headers(
             upstream.remove_header(&X_REAL_IP);
             None
         };
-        if let Some(v) = ip_value(peer).and_then(|own| appended(previous, &own)) {
+        if let Some(v) = ip_value(peer).and_then(|own| appended(previous, own)) {
             upstream.insert_header(X_FORWARDED_FOR, v)?;
         }
     }
@@ -190,7 +221,7 @@ pub(super) fn set_proxy_headers(
     }
     let via = appended(
         upstream.headers.get(VIA),
-        via_entry(&ctx.runtime, req.version),
+        via_entry(&ctx.runtime, req.version).clone(),
     );
     if let Some(v) = via {
         upstream.insert_header(VIA, v)?;
@@ -218,12 +249,28 @@ mod tests {
     #[test]
     fn appending_to_list_headers() {
         let own = HeaderValue::from_static("1.2.3.4");
-        assert_eq!(appended(None, &own), Some(own.clone()));
+        assert_eq!(appended(None, own.clone()), Some(own.clone()));
         let prev = HeaderValue::from_static("9.9.9.9");
         assert_eq!(
-            appended(Some(&prev), &own),
+            appended(Some(&prev), own),
             Some(HeaderValue::from_static("9.9.9.9, 1.2.3.4"))
         );
+    }
+
+    #[test]
+    fn shared_values_keep_their_bytes_and_refuse_what_a_header_cannot_hold() {
+        for len in [0, 1, 15, 63, 64, 65, 300] {
+            let bytes = "h".repeat(len);
+            let v = shared_value(bytes.as_bytes()).expect("value");
+            assert_eq!(v.as_bytes(), bytes.as_bytes(), "{len}");
+            assert_eq!(v.clone(), v);
+        }
+        // Refused inline (64 bytes) and past it (65).
+        let inline_bad = [&[b'x'; 63][..], b"\n"].concat();
+        let long_bad = [&[b'x'; 64][..], b"\n"].concat();
+        for bad in [&b"a\nb"[..], b"a\rb", b"\x7f", &inline_bad, &long_bad] {
+            assert_eq!(shared_value(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -566,7 +566,7 @@ impl ProxyHttp for GatewayProxy {
         }
         let via = appended(
             resp.headers.get(VIA),
-            via_entry(&ctx.runtime, session.req_header().version),
+            via_entry(&ctx.runtime, session.req_header().version).clone(),
         );
         if let Some(v) = via {
             resp.insert_header(VIA, v)?;

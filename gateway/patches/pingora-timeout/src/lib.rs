@@ -136,9 +136,9 @@ where
             return Poll::Ready(Ok(v));
         }
 
-        let delay = me
-            .delay
-            .get_or_insert_with(|| Box::pin(me.callback.timeout()));
+        // `timeout()` returns the timer already boxed: it is stored as it is, not boxed again
+        // (a second allocation, and a second pointer to follow on every poll).
+        let delay = me.delay.get_or_insert_with(|| me.callback.timeout());
 
         match delay.as_mut().poll(cx) {
             Poll::Pending => Poll::Pending,
@@ -173,5 +173,44 @@ mod tests {
         };
         let to = timeout(Duration::from_secs(1000), fut);
         assert_eq!(to.await.unwrap(), 1)
+    }
+
+    std::thread_local! {
+        /// Where the last timer made by [`Recorded`] lives.
+        static MADE_AT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    /// A timer that never fires and records the address of the box it returns.
+    struct Recorded;
+
+    impl ToTimeout for Recorded {
+        fn timeout(&self) -> Pin<Box<dyn Future<Output = ()> + Send + Sync>> {
+            let timer: Pin<Box<dyn Future<Output = ()> + Send + Sync>> =
+                Box::pin(std::future::pending::<()>());
+            MADE_AT.with(|m| m.set(&*timer as *const _ as *const () as usize));
+            timer
+        }
+
+        fn create(_: Duration) -> Self {
+            Recorded
+        }
+    }
+
+    #[test]
+    fn the_timer_is_stored_as_made() {
+        let mut cx = task::Context::from_waker(task::Waker::noop());
+        let mut to = Box::pin(Timeout::<_, Recorded>::new_with_delay(
+            std::future::pending::<()>(),
+            Duration::from_secs(1),
+        ));
+        assert!(to.as_mut().poll(&mut cx).is_pending());
+        let stored = to.delay.as_ref().expect("a timer once the future is pending");
+        let at = &**stored as *const _ as *const () as usize;
+        // The box `timeout()` returned, not a box around it.
+        assert_eq!(at, MADE_AT.with(|m| m.get()));
+        // A second poll keeps the same timer.
+        assert!(to.as_mut().poll(&mut cx).is_pending());
+        let again = to.delay.as_ref().expect("the timer");
+        assert_eq!(&**again as *const _ as *const () as usize, at);
     }
 }

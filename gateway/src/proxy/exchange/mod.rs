@@ -14,6 +14,7 @@ use resilience::{
     BulkheadPermit, Event, Failure, LimitPermit, Outcome, Permit, Priority, RetryDecision,
     RetryPolicy, Sample,
 };
+use smallvec::SmallVec;
 
 use crate::cluster::{Cluster, Picked};
 use crate::config::{HashKey, LoadBalancing};
@@ -109,8 +110,9 @@ pub(super) struct Exchange {
     priority: Priority,
     /// The bulkhead or limit slot of the target, held until the request ends.
     slot: Option<Slot>,
-    /// Endpoints of the target already tried (retries go elsewhere).
-    tried: Vec<SocketAddr>,
+    /// Endpoints of the target already tried (retries go elsewhere); held inline for the
+    /// first two, so a request that is not retried allocates nothing for it.
+    tried: SmallVec<[SocketAddr; 2]>,
     attempts: u32,
     retries: u32,
     /// An endpoint admitted ahead of the attempt that will use it.
@@ -141,7 +143,7 @@ impl Exchange {
             deadline,
             priority,
             slot: None,
-            tried: Vec::new(),
+            tried: SmallVec::new(),
             attempts: 0,
             retries: 0,
             admitted: None,
