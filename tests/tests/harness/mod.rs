@@ -55,15 +55,29 @@ pub fn built_bin(package: &str, bin: &str) -> PathBuf {
         .expect("cargo reported the executable")
 }
 
-/// A loopback port the OS just handed out (the gateway binds it right after; pingora binds its
+/// A loopback port that is free now, for a process the test starts to bind (pingora binds its
 /// own listeners, so the port cannot be passed as an open socket).
 ///
-/// The kernel may hand the same ephemeral port out again once it is released, so a test that
-/// asks for two (a listener and an admin port) could get one twice: no port is returned twice
-/// in one test process.
+/// Picked at random below the kernel's ephemeral range (`ip_local_port_range`): a port from
+/// `bind(0)` lies inside it, where any outgoing connection of a test running in parallel may
+/// take it before the gateway binds it (a listener port was lost that way). No port is returned
+/// twice in one test process. Falls back to `bind(0)` when the range leaves no room below it.
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(0);
+    if ephemeral > 12_000 {
+        for _ in 0..1_000 {
+            let port = fastrand::u16(10_000..ephemeral);
+            if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                given.push(port);
+                return port;
+            }
+        }
+    }
     loop {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
