@@ -3,7 +3,6 @@
 mod harness;
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use harness::*;
 
@@ -29,16 +28,6 @@ async fn h2_over_tls_via_alpn_and_h2c_prior_knowledge() {
         ],
     )
     .await;
-    // The harness waits for the public listener; pingora binds a service's listeners one after
-    // another, so this test's own two may open a moment later.
-    for addr in [tls_addr, h2c_addr] {
-        wait_until(
-            &format!("a listener on {addr}"),
-            Duration::from_secs(10),
-            || std::net::TcpStream::connect(addr).is_ok(),
-        )
-        .await;
-    }
 
     let tls_client = reqwest::Client::builder()
         .tls_certs_only([reqwest::Certificate::from_pem(cert_pem.as_bytes()).expect("pem")])

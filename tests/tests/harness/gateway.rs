@@ -146,6 +146,28 @@ impl Gateway {
         std::fs::rename(&tmp, &path).expect("replace config");
     }
 
+    /// The `address` of each `[[listeners]]` table in the config file as it is now.
+    fn listener_addresses(&self) -> Vec<SocketAddr> {
+        let doc = std::fs::read_to_string(self.dir.path().join("gateway.toml")).unwrap_or_default();
+        let mut in_listener = false;
+        let mut found = Vec::new();
+        for line in doc.lines().map(str::trim) {
+            if line.starts_with('[') {
+                in_listener = line == "[[listeners]]";
+            } else if let Some(value) = line.strip_prefix("address") {
+                let value = value
+                    .trim_start()
+                    .trim_start_matches('=')
+                    .trim()
+                    .trim_matches('"');
+                if let (true, Ok(a)) = (in_listener, value.parse()) {
+                    found.push(a);
+                }
+            }
+        }
+        found
+    }
+
     async fn wait_ready(&mut self) -> Result<(), String> {
         let client = reqwest::Client::new();
         let end = Instant::now() + READY_DEADLINE;
@@ -162,7 +184,15 @@ impl Gateway {
                 Ok(r) => r.status().is_success(),
                 Err(_) => false,
             };
-            if ready && TcpStream::connect(self.http).is_ok() {
+            // Every listener of the config, not only the public one: pingora binds a service's
+            // listeners one after another, so another may open a moment after the first.
+            if ready
+                && TcpStream::connect(self.http).is_ok()
+                && self
+                    .listener_addresses()
+                    .into_iter()
+                    .all(|a| TcpStream::connect(a).is_ok())
+            {
                 return Ok(());
             }
             assert!(
