@@ -184,10 +184,9 @@ impl Gateway {
                 Ok(r) => r.status().is_success(),
                 Err(_) => false,
             };
-            // Every listener of the config, not only the public one: pingora binds a service's
-            // listeners one after another, so another may open a moment after the first.
+            // Every listener of the config (the public one among them): pingora binds a
+            // service's listeners one after another, so one may open a moment after another.
             if ready
-                && TcpStream::connect(self.http).is_ok()
                 && self
                     .listener_addresses()
                     .into_iter()
