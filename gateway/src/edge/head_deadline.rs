@@ -85,9 +85,11 @@ impl HeadDeadline {
     /// them for the next reads; 0 at the end of the stream.
     pub(super) async fn await_bytes(&mut self) -> io::Result<usize> {
         use tokio::io::AsyncReadExt;
-        let mut first = [0u8; FIRST_READ];
-        let n = self.read(&mut first).await?;
-        self.pending = first[..n].to_vec();
+        // Read into the spare capacity of the buffer that is then kept (no zeroing, no copy);
+        // the next reads drain and free it, so an idle connection still holds none.
+        let mut first = Vec::with_capacity(FIRST_READ);
+        let n = self.read_buf(&mut first).await?;
+        self.pending = first;
         self.pending_at = 0;
         Ok(n)
     }
