@@ -146,24 +146,20 @@ impl Gateway {
         std::fs::rename(&tmp, &path).expect("replace config");
     }
 
-    /// The `address` of each `[[listeners]]` table in the config file as it is now.
+    /// The public listener and the `address` of each `[[listeners]]` table in the config file
+    /// as it is now.
     fn listener_addresses(&self) -> Vec<SocketAddr> {
         let doc = std::fs::read_to_string(self.dir.path().join("gateway.toml")).unwrap_or_default();
-        let mut in_listener = false;
-        let mut found = Vec::new();
-        for line in doc.lines().map(str::trim) {
-            if line.starts_with('[') {
-                in_listener = line == "[[listeners]]";
-            } else if let Some(value) = line.strip_prefix("address") {
-                let value = value
-                    .trim_start()
-                    .trim_start_matches('=')
-                    .trim()
-                    .trim_matches('"');
-                if let (true, Ok(a)) = (in_listener, value.parse()) {
-                    found.push(a);
-                }
-            }
+        let config = doc.parse::<toml::Table>().unwrap_or_default();
+        let mut found: Vec<SocketAddr> = config
+            .get("listeners")
+            .and_then(toml::Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l.get("address")?.as_str()?.parse().ok())
+            .collect();
+        if !found.contains(&self.http) {
+            found.push(self.http);
         }
         found
     }
@@ -184,8 +180,8 @@ impl Gateway {
                 Ok(r) => r.status().is_success(),
                 Err(_) => false,
             };
-            // Every listener of the config (the public one among them): pingora binds a
-            // service's listeners one after another, so one may open a moment after another.
+            // Every listener of the config: pingora binds a service's listeners one after
+            // another, so one may open a moment after another.
             if ready
                 && self
                     .listener_addresses()

@@ -60,8 +60,7 @@ pub fn built_bin(package: &str, bin: &str) -> PathBuf {
 ///
 /// Picked at random below the kernel's ephemeral range (`ip_local_port_range`): a port from
 /// `bind(0)` lies inside it, where any outgoing connection of a test running in parallel may
-/// take it before the gateway binds it. No port is returned
-/// twice in one test process. Falls back to `bind(0)` when the range leaves no room below it.
+/// take it before the gateway binds it. No port is returned twice in one test process. Falls back to `bind(0)` when the range leaves no room below it.
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
