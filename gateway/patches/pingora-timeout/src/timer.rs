@@ -121,19 +121,56 @@ impl Timer {
 }
 
 /// The object that holds all the timers registered to it.
-/// The bucket a thread registered its last timer in, with the manager it belongs to.
+/// A bucket a thread registered a timer in recently, with the manager it belongs to.
 struct LastBucket {
     manager: u64,
     time: Time,
     stub: TimerStub,
 }
 
+/// How many recent buckets a thread remembers: one per timeout length in use. A proxied
+/// request registers timeouts of several lengths in turn (the upstream read timeout, the write
+/// timeout, the pooled connection's idle timeout), and a single remembered bucket was replaced
+/// at every change of length.
+const RECENT_BUCKETS: usize = 4;
+
 thread_local! {
     // Timeouts of the same length registered close together fall in the same bucket: this
     // spares them the tree's lock and lookup. A bucket is only fired once the clock has passed
     // its time, so a cached bucket that has fired can only be asked for again once that time
     // has passed, and then firing at once is right.
-    static LAST_BUCKET: RefCell<Option<LastBucket>> = const { RefCell::new(None) };
+    static RECENT: RefCell<[Option<LastBucket>; RECENT_BUCKETS]> =
+        const { RefCell::new([None, None, None, None]) };
+}
+
+/// The remembered stub of `manager`'s bucket at `time`, if this thread has one.
+fn recent_bucket(manager: u64, time: Time) -> Option<TimerStub> {
+    RECENT.with(|recent| {
+        recent
+            .borrow()
+            .iter()
+            .flatten()
+            .find(|l| l.manager == manager && l.time == time)
+            .map(|l| l.stub.clone())
+    })
+}
+
+/// Remembers `stub` as `manager`'s bucket at `time`, in place of an empty slot or else of the
+/// earliest bucket remembered (a length's buckets only move later, so the earliest is the one
+/// least likely to be asked for again).
+fn remember_bucket(manager: u64, time: Time, stub: TimerStub) {
+    RECENT.with(|recent| {
+        let mut recent = recent.borrow_mut();
+        let slot = recent
+            .iter_mut()
+            .min_by_key(|l| l.as_ref().map(|l| l.time))
+            .expect("RECENT_BUCKETS > 0");
+        *slot = Some(LastBucket {
+            manager,
+            time,
+            stub,
+        });
+    });
 }
 
 static NEXT_MANAGER_ID: AtomicU64 = AtomicU64::new(0);
@@ -141,7 +178,7 @@ static NEXT_MANAGER_ID: AtomicU64 = AtomicU64::new(0);
 pub struct TimerManager {
     // each thread insert into its local timer tree to avoid lock contention
     timers: ThreadLocal<RwLock<BTreeMap<Time, Timer>>>,
-    // tells this manager's buckets apart from another's in LAST_BUCKET
+    // tells this manager's buckets apart from another's in RECENT
     id: u64,
     zero: Instant, // the reference zero point of Timestamp
     // Start a new clock thread if this is -1 or staled. The clock thread should keep updating this
@@ -265,23 +302,11 @@ impl TimerManager {
             return timer.subscribe();
         }
         let now: Time = (now + duration - self.zero).into();
-        let cached = LAST_BUCKET.with(|last| {
-            last.borrow()
-                .as_ref()
-                .filter(|l| l.manager == self.id && l.time == now)
-                .map(|l| l.stub.clone())
-        });
-        if let Some(stub) = cached {
+        if let Some(stub) = recent_bucket(self.id, now) {
             return stub;
         }
         let stub = self.subscribe_in_tree(now);
-        LAST_BUCKET.with(|last| {
-            *last.borrow_mut() = Some(LastBucket {
-                manager: self.id,
-                time: now,
-                stub: stub.clone(),
-            })
-        });
+        remember_bucket(self.id, now, stub.clone());
         stub
     }
 
@@ -394,6 +419,38 @@ mod tests {
         assert_eq!(round_to(u64::MAX, 10), u64::MAX);
         let t: Time = Duration::MAX.into();
         assert!(!t.not_after(u64::MAX - 1));
+    }
+
+    #[test]
+    fn test_recent_buckets_for_lengths_in_turn() {
+        // Three lengths registered in turn (as a proxied request does) each find their bucket
+        // again, without the tree.
+        let tm = TimerManager::new();
+        let now = Instant::now();
+        let lengths = [30, 60, 90].map(Duration::from_secs);
+        let first = lengths.map(|d| tm.register_timer_at(now, d));
+        for _ in 0..3 {
+            for (d, stub) in lengths.iter().zip(&first) {
+                let again = tm.register_timer_at(now, *d);
+                assert!(Arc::ptr_eq(&again.0, &stub.0));
+            }
+        }
+        // On a thread of its own (nothing remembered yet): a fifth bucket replaces the
+        // earliest one remembered, not a later one.
+        std::thread::spawn(|| {
+            let times = [1u64, 2, 3, 4, 5].map(|t| Time(t * RESOLUTION_MS));
+            let stubs = times.map(|_| Timer::new().subscribe());
+            for (t, s) in times.iter().zip(&stubs) {
+                remember_bucket(u64::MAX, *t, s.clone());
+            }
+            assert!(recent_bucket(u64::MAX, times[0]).is_none());
+            for (t, s) in times.iter().zip(&stubs).skip(1) {
+                assert!(Arc::ptr_eq(&recent_bucket(u64::MAX, *t).unwrap().0, &s.0));
+            }
+            assert!(recent_bucket(u64::MAX - 1, times[4]).is_none());
+        })
+        .join()
+        .unwrap();
     }
 
     #[tokio::test]
