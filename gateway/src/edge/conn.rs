@@ -9,6 +9,7 @@ use std::os::unix::io::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -309,6 +310,8 @@ impl<A: HttpServerApp + Send + Sync + 'static, S: ListenerSettings> EdgeApp<A, S
         // anew for every request clones the watch and registers with it each time.
         let stopping = stopped(shutdown.clone());
         tokio::pin!(stopping);
+        // Whether that wait is registered (polled and pending): see [`UntilChanged`].
+        let mut stop_waiting = false;
         loop {
             // The first request's wait is bounded by the head deadline (from the connection's
             // start); later ones by the listener's idle timeout, read live.
@@ -321,7 +324,11 @@ impl<A: HttpServerApp + Send + Sync + 'static, S: ListenerSettings> EdgeApp<A, S
                 &mut conn,
                 idle,
                 idle_timer.as_mut(),
-                stopping.as_mut(),
+                UntilChanged {
+                    wait: stopping.as_mut(),
+                    watch: shutdown,
+                    waiting: &mut stop_waiting,
+                },
                 shutdown,
             )
             .await
@@ -365,6 +372,33 @@ async fn stopped(mut watch: ShutdownWatch) {
     }
 }
 
+/// A wait for `watch` to change (`wait`, which completes then), polled only when it can make
+/// progress. Once the wait is registered, its own wake-up wakes the task; a poll that finds the
+/// watch unchanged returns at once, without taking the lock of the watch's waiter list (which
+/// a poll of the registered wait takes to compare wakers). The connection's task, whose waker
+/// does not change, polls it twice per request otherwise.
+struct UntilChanged<'a, F> {
+    wait: Pin<&'a mut F>,
+    watch: &'a ShutdownWatch,
+    /// `wait` was polled and is pending: it stays registered until it completes.
+    waiting: &'a mut bool,
+}
+
+impl<F: std::future::Future<Output = ()>> std::future::Future for UntilChanged<'_, F> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        // A closed watch (`Err`) is handed to `wait`, which decides what it means.
+        if *this.waiting && matches!(this.watch.has_changed(), Ok(false)) {
+            return Poll::Pending;
+        }
+        let polled = this.wait.as_mut().poll(cx);
+        *this.waiting = polled.is_pending();
+        polled
+    }
+}
+
 /// Waits until `conn`'s next request starts to arrive (its first bytes are read and kept for
 /// the parser), the connection closes, `idle` passes (zero: no limit beyond the head
 /// deadline), or the service shuts down (`stopping`, [`stopped`], which is not polled again
@@ -373,7 +407,7 @@ async fn next_request(
     conn: &mut HeadDeadline,
     idle: Duration,
     mut idle_timer: Pin<&mut Sleep>,
-    stopping: Pin<&mut impl std::future::Future<Output = ()>>,
+    stopping: impl std::future::Future<Output = ()>,
     shutdown: &ShutdownWatch,
 ) -> bool {
     if *shutdown.borrow() {
@@ -432,5 +466,44 @@ impl<S: ListenerSettings + std::fmt::Debug> PreTlsProcess for ProxyProtocolTls<S
             Ok(Err(e)) => Err(refused(e.to_string())),
             Err(_) => Err(refused("no PROXY protocol header in time".into())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+
+    /// The wait for shutdown between keep-alive requests, registered once and then skipped
+    /// while the watch is unchanged, still ends the connection's wait when the service stops:
+    /// its own registration wakes the task.
+    #[tokio::test]
+    async fn a_registered_stop_wait_ends_when_the_service_stops() {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let (registered_tx, registered_rx) = tokio::sync::oneshot::channel();
+        let waiter = tokio::spawn(async move {
+            let stopping = stopped(rx.clone());
+            tokio::pin!(stopping);
+            let mut waiting = false;
+            let mut wait = UntilChanged {
+                wait: stopping.as_mut(),
+                watch: &rx,
+                waiting: &mut waiting,
+            };
+            let first = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut wait).poll(cx))).await;
+            assert!(first.is_pending(), "nothing changed yet");
+            assert!(*wait.waiting, "the wait is registered");
+            // Unchanged: answered without polling the registered wait.
+            let again = std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut wait).poll(cx))).await;
+            assert!(again.is_pending());
+            registered_tx.send(()).expect("test is waiting");
+            wait.await;
+        });
+        registered_rx.await.expect("the waiter registered");
+        tx.send(true).expect("the waiter holds a receiver");
+        tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("the wait ended once the service stopped")
+            .expect("waiter task");
     }
 }
