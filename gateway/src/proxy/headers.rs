@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{HeaderName, HeaderValue, VIA};
+use http::header::{HeaderMap, HeaderName, HeaderValue, FORWARDED, VIA};
 use http::Version;
 use pingora::http::RequestHeader;
 use pingora::Result;
@@ -31,6 +31,21 @@ pub(super) fn new_request_id() -> HeaderValue {
     uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
     HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
         .unwrap_or_else(|_| HeaderValue::from_static("invalid-request-id"))
+}
+
+/// Which of `names` `headers` holds, found in one pass over its names. A lookup hashes the
+/// name it looks for, which is most of its cost; the names the gateway removes or reads
+/// (`Forwarded`, `X-Real-IP`, `tracestate`, a load report, a client's `X-Request-Id`) are
+/// absent from most requests and responses, so the gateway asks once, here, and looks up or
+/// removes only what is there. The listener's head limits bound the names a pass visits.
+pub(super) fn carried<const N: usize>(headers: &HeaderMap, names: [&HeaderName; N]) -> [bool; N] {
+    let mut found = [false; N];
+    for key in headers.keys() {
+        for (hit, name) in found.iter_mut().zip(names) {
+            *hit |= key == name;
+        }
+    }
+    found
 }
 
 pub(super) fn usable_request_id(v: &HeaderValue) -> bool {
@@ -196,14 +211,25 @@ pub(super) fn set_proxy_headers(
     // Room for what is added below (X-Forwarded-For/-Proto/-Host, Via, traceparent,
     // tracestate), so that neither of the head's maps grows and rehashes on the way.
     upstream.reserve_headers(6);
+    // Asked of the upstream copy, as it is after the request's filters.
+    let [has_forwarded, has_real_ip, has_xff, has_via, has_state] = carried(
+        &upstream.headers,
+        [&FORWARDED, &X_REAL_IP, &X_FORWARDED_FOR, &VIA, &TRACESTATE],
+    );
     if let Some(peer) = ctx.peer {
         // A trusted proxy's chain is passed on with the proxy appended; an untrusted
         // client's forwarding headers are dropped, so the upstream is not fooled either.
         let previous = if ctx.peer_trusted {
-            upstream.headers.get(X_FORWARDED_FOR)
+            has_xff
+                .then(|| upstream.headers.get(X_FORWARDED_FOR))
+                .flatten()
         } else {
-            upstream.remove_header(&http::header::FORWARDED);
-            upstream.remove_header(&X_REAL_IP);
+            if has_forwarded {
+                upstream.remove_header(&FORWARDED);
+            }
+            if has_real_ip {
+                upstream.remove_header(&X_REAL_IP);
+            }
             None
         };
         if let Some(v) = ip_value(peer).and_then(|own| appended(previous, own)) {
@@ -220,7 +246,7 @@ pub(super) fn set_proxy_headers(
         upstream.insert_header(X_FORWARDED_HOST, h.clone())?;
     }
     let via = appended(
-        upstream.headers.get(VIA),
+        has_via.then(|| upstream.headers.get(VIA)).flatten(),
         via_entry(&ctx.runtime, req.version).clone(),
     );
     if let Some(v) = via {
@@ -234,9 +260,10 @@ pub(super) fn set_proxy_headers(
         Some(s) => {
             upstream.insert_header(TRACESTATE, s)?;
         }
-        None => {
+        None if has_state => {
             upstream.remove_header(&TRACESTATE);
         }
+        None => {}
     }
     Ok(())
 }
@@ -325,6 +352,25 @@ mod tests {
                 .map(|v| v.to_str().expect("ascii")),
             Some("origin.example")
         );
+    }
+
+    #[test]
+    fn carried_names_are_found_in_one_pass() {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::HOST, HeaderValue::from_static("a.example"));
+        h.append(X_REAL_IP, HeaderValue::from_static("1.2.3.4"));
+        h.append(X_REAL_IP, HeaderValue::from_static("5.6.7.8"));
+        h.insert(FORWARDED, HeaderValue::from_static("for=1.2.3.4"));
+        let names = [&FORWARDED, &X_REAL_IP, &VIA, &TRACESTATE, &X_REAL_IP];
+        assert_eq!(carried(&h, names), [true, true, false, false, true]);
+        assert_eq!(carried(&HeaderMap::new(), names), [false; 5]);
+        // Parsed names are lower case, as the constants are.
+        let mut parsed = HeaderMap::new();
+        parsed.insert(
+            HeaderName::from_bytes(b"TraceState").expect("name"),
+            HeaderValue::from_static("v=1"),
+        );
+        assert_eq!(carried(&parsed, [&TRACESTATE, &VIA]), [true, false]);
     }
 
     #[test]

@@ -36,8 +36,8 @@ mod reply;
 
 use exchange::{Exchange, Facts, Next, Verdict};
 use headers::{
-    appended, forwarded_host, hash_input, last_good_key, new_request_id, set_proxy_headers,
-    usable_request_id, via_entry, X_REQUEST_ID,
+    appended, carried, forwarded_host, hash_input, last_good_key, new_request_id,
+    set_proxy_headers, usable_request_id, via_entry, X_REQUEST_ID,
 };
 pub(crate) use load_report::LoadMetric;
 use reply::{chain_of, decide_keepalive, Connection, Reply};
@@ -179,8 +179,12 @@ impl ProxyHttp for GatewayProxy {
             .and_then(|d| d.ssl_digest.as_ref())
             .and_then(|s| s.extension.get::<crate::tls::ConnTls>())
             .map_or((None, None), |t| (t.client_cert.clone(), t.xfcc.clone()));
+        let [has_xfcc, has_id] = carried(
+            &session.req_header().headers,
+            [&crate::tls::XFCC, &X_REQUEST_ID],
+        );
         // The client-certificate header is the gateway's to set: never the client's.
-        if session.req_header().headers.contains_key(crate::tls::XFCC) {
+        if has_xfcc {
             session.req_header_mut().remove_header(&crate::tls::XFCC);
         }
         if let Some(xfcc) = xfcc {
@@ -189,9 +193,9 @@ impl ProxyHttp for GatewayProxy {
                 .insert_header(crate::tls::XFCC, xfcc)?;
         }
         let req = session.req_header();
-        let incoming_id = req
-            .headers
-            .get(X_REQUEST_ID)
+        let incoming_id = has_id
+            .then(|| req.headers.get(X_REQUEST_ID))
+            .flatten()
             .filter(|v| usable_request_id(v));
         let id = incoming_id.cloned().unwrap_or_else(new_request_id);
         let need_insert = incoming_id.is_none();
@@ -488,8 +492,16 @@ impl ProxyHttp for GatewayProxy {
         if !ctx.runtime.preserve_header_case {
             resp.drop_header_case();
         }
-        let _ = resp.remove_header(&load_report::HEADER);
-        let _ = resp.remove_header(&load_report::HEADER_BIN);
+        let [report, report_bin] = carried(
+            &resp.headers,
+            [&load_report::HEADER, &load_report::HEADER_BIN],
+        );
+        if report {
+            let _ = resp.remove_header(&load_report::HEADER);
+        }
+        if report_bin {
+            let _ = resp.remove_header(&load_report::HEADER_BIN);
+        }
         let status = resp.status.as_u16();
         ctx.trace
             .attempt_answered(status, exchange.is_failure_status(status));
