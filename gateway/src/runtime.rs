@@ -209,9 +209,18 @@ impl Runtime {
             listeners: config
                 .listeners
                 .iter()
-                .map(|l| (l.address, l.edge.clone()))
+                .map(|l| {
+                    let edge = crate::edge::ListenerEdge {
+                        keep_header_case: config.server.preserve_header_case,
+                        ..l.edge.clone()
+                    };
+                    (l.address, edge)
+                })
                 .collect(),
-            default_edge: crate::edge::ListenerEdge::default(),
+            default_edge: crate::edge::ListenerEdge {
+                keep_header_case: config.server.preserve_header_case,
+                ..crate::edge::ListenerEdge::default()
+            },
             admin: config.admin.clone(),
             limit_store: crate::fleet::store_of(config.redis.as_ref()),
             overload: crate::overload::Overload::build(

@@ -315,11 +315,14 @@ impl<A: HttpServerApp + Send + Sync + 'static, S: ListenerSettings> EdgeApp<A, S
         loop {
             // The first request's wait is bounded by the head deadline (from the connection's
             // start); later ones by the listener's idle timeout, read live.
-            let idle = if first {
-                Duration::ZERO
-            } else {
-                self.settings.with_listener(local, |e| e.idle_timeout)
-            };
+            let (idle, keep_header_case) = self.settings.with_listener(local, |e| {
+                let idle = if first {
+                    Duration::ZERO
+                } else {
+                    e.idle_timeout
+                };
+                (idle, e.keep_header_case)
+            });
             if !next_request(
                 &mut conn,
                 idle,
@@ -336,6 +339,10 @@ impl<A: HttpServerApp + Send + Sync + 'static, S: ListenerSettings> EdgeApp<A, S
                 return;
             }
             let mut session = ServerSession::new_http1(conn);
+            if let ServerSession::H1(h1) = &mut session {
+                // Without `preserve_header_case` the proxy drops the case map: none is built.
+                h1.set_keep_header_case(keep_header_case);
+            }
             match persistent.take() {
                 Some(settings) => HttpPersistentSettings::apply_to_session(settings, &mut session),
                 None => {

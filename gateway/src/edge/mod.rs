@@ -38,6 +38,9 @@ pub(crate) struct ListenerEdge {
     pub proxy_protocol: bool,
     /// Which forwarding headers are believed.
     pub client_address: ClientAddressPolicy,
+    /// `[server] preserve_header_case` (the same on every listener): a request head is parsed
+    /// keeping its names' case only when it is on, as the case is dropped otherwise.
+    pub keep_header_case: bool,
 }
 
 /// nginx's `client_header_timeout` is 60 s; an edge sets less (Envoy's edge guidance: 10 s).
@@ -58,6 +61,7 @@ impl Default for ListenerEdge {
             max_connections_per_client: 0,
             proxy_protocol: false,
             client_address: ClientAddressPolicy::default(),
+            keep_header_case: false,
         }
     }
 }

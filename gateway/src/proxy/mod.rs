@@ -361,6 +361,8 @@ impl ProxyHttp for GatewayProxy {
         let mut peer = picked.peer();
         let address = picked.endpoint().address;
         peer.options.read_timeout = Some(read_timeout);
+        // Without `preserve_header_case` the response head's case map is dropped: none is built.
+        peer.options.keep_header_case = ctx.runtime.preserve_header_case;
         let reason = exchange.moved().map(|f| f.reason());
         ctx.trace.attempt_started(
             exchange.target().name(),

@@ -181,6 +181,8 @@ pub(super) fn listener_edge(
         ),
         proxy_protocol,
         client_address: client_address(raw, issues),
+        // Set from `[server]` once the listeners are known (`Runtime::build`).
+        keep_header_case: d.keep_header_case,
     }
 }
 

@@ -537,6 +537,9 @@ pub struct PeerOptions {
     pub read_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
     pub write_timeout: Option<Duration>,
+    /// Whether an HTTP/1 response head keeps each header name's case as received (the
+    /// default; see `HttpSession::keep_header_case` of the HTTP/1 client).
+    pub keep_header_case: bool,
     pub verify_cert: bool,
     pub verify_hostname: bool,
     #[cfg(feature = "s2n")]
@@ -613,6 +616,7 @@ impl PeerOptions {
             read_timeout: None,
             idle_timeout: None,
             write_timeout: None,
+            keep_header_case: true,
             verify_cert: true,
             verify_hostname: true,
             #[cfg(feature = "s2n")]

@@ -50,6 +50,10 @@ pub struct HttpSession {
     /// The timeout is reset on every write. This is not a timeout on the overall duration of the
     /// request.
     pub write_timeout: Option<Duration>,
+    /// Whether the response head keeps each header name's case as received (the default), in a
+    /// second map beside the values. `false` parses it into the value map alone, for an
+    /// application that writes names in their standard case anyway.
+    pub keep_header_case: bool,
     keepalive_timeout: KeepaliveStatus,
     pub(crate) digest: Box<Digest>,
     response_header: Option<Box<ResponseHeader>>,
@@ -93,6 +97,7 @@ impl HttpSession {
             request_written: None,
             read_timeout: None,
             write_timeout: None,
+            keep_header_case: true,
             digest,
             bytes_sent: 0,
             body_recv: 0,
@@ -284,10 +289,14 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, resp.headers);
 
-                        let mut response_header = match ResponseHeader::build(
-                            resp.code.unwrap(),
-                            Some(resp.headers.len()),
-                        ) {
+                        let code = resp.code.unwrap();
+                        let size = Some(resp.headers.len());
+                        let built = if self.keep_header_case {
+                            ResponseHeader::build(code, size)
+                        } else {
+                            ResponseHeader::build_no_case(code, size)
+                        };
+                        let mut response_header = match built {
                             Ok(header) => Box::new(header),
                             Err(e) => return self.fail_response_header_read(e),
                         };
@@ -989,6 +998,28 @@ mod tests_stream {
             http_stream.resp_header().unwrap().get_reason_phrase(),
             Some("Just Fine")
         );
+    }
+
+    #[tokio::test]
+    async fn read_response_with_and_without_header_case() {
+        init_log();
+        let input_header = b"HTTP/1.1 200 OK\r\nServer: s\r\nX-Custom-Name: v\r\nContent-Length: 0\r\n\r\n";
+        for keep in [true, false] {
+            let mock_io = Builder::new().read(&input_header[..]).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            http_stream.keep_header_case = keep;
+            let res = http_stream.read_response().await;
+            assert_eq!(input_header.len(), res.unwrap());
+            let resp = http_stream.resp_header().unwrap();
+            assert_eq!(resp.has_case(), keep);
+            assert_eq!(resp.headers.len(), 3);
+            assert_eq!(resp.headers["x-custom-name"], "v");
+            let mut wire = Vec::new();
+            resp.header_to_h1_wire(&mut wire);
+            let wire = String::from_utf8(wire).unwrap();
+            let name = if keep { "X-Custom-Name" } else { "x-custom-name" };
+            assert!(wire.contains(&format!("{name}: v\r\n")), "{wire}");
+        }
     }
 
     #[tokio::test]

@@ -158,6 +158,9 @@ pub struct HttpSession {
     /// [`super::super::HttpPersistentSettings`] into the next session.
     /// Scoped narrowly so it cannot affect FIN / `abort_on_close` semantics.
     pipelined_idle_bytes_stashed: bool,
+    /// Whether the request head keeps each header name's case as received (see
+    /// [`Self::set_keep_header_case()`]).
+    keep_header_case: bool,
 }
 
 impl HttpSession {
@@ -206,6 +209,7 @@ impl HttpSession {
             pipelining_enabled: false,
             pipelined_prefix: None,
             pipelined_idle_bytes_stashed: false,
+            keep_header_case: true,
         }
     }
 
@@ -349,12 +353,15 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, req.headers);
 
-                        let mut request_header = Box::new(RequestHeader::build(
-                            req.method.unwrap_or(""),
-                            // we path httparse to allow unsafe bytes in the str
-                            req.path.unwrap_or("").as_bytes(),
-                            Some(req.headers.len()),
-                        )?);
+                        // we path httparse to allow unsafe bytes in the str
+                        let path = req.path.unwrap_or("").as_bytes();
+                        let method = req.method.unwrap_or("");
+                        let size = Some(req.headers.len());
+                        let mut request_header = Box::new(if self.keep_header_case {
+                            RequestHeader::build(method, path, size)?
+                        } else {
+                            RequestHeader::build_no_case(method, path, size)?
+                        });
 
                         request_header.set_version(match req.version {
                             Some(1) => Version::HTTP_11,
@@ -1328,6 +1335,15 @@ impl HttpSession {
         }
     }
 
+    /// Whether the next request head read keeps each header name's case as received (the
+    /// default), in a second map beside the values, so that the name can be written on in that
+    /// case. An application that writes names in their standard case anyway (or drops the case
+    /// map, [`RequestHeader::drop_header_case()`]) sets `false`: the head is then parsed into
+    /// the value map alone, without a case name and a second map insert per header.
+    pub fn set_keep_header_case(&mut self, keep: bool) {
+        self.keep_header_case = keep;
+    }
+
     /// Sets the downstream read timeout. This will trigger if we're unable
     /// to read from the stream after `timeout`.
     pub fn set_read_timeout(&mut self, timeout: Option<Duration>) {
@@ -1877,6 +1893,30 @@ mod tests_stream {
         let res = http_stream.read_request().await;
         assert_eq!(input.len(), res.unwrap().unwrap());
         assert_eq!(0, http_stream.req_header().headers.len());
+    }
+
+    #[tokio::test]
+    async fn read_with_and_without_header_case() {
+        init_log();
+        let input = b"GET / HTTP/1.1\r\nHost: a.example\r\nX-Custom-Name: v\r\n\r\n";
+        for keep in [true, false] {
+            let mock_io = Builder::new().read(&input[..]).build();
+            let mut http_stream = HttpSession::new(Box::new(mock_io));
+            http_stream.set_keep_header_case(keep);
+            let res = http_stream.read_request().await;
+            assert_eq!(input.len(), res.unwrap().unwrap());
+            let req = http_stream.req_header();
+            assert_eq!(req.has_case(), keep);
+            assert_eq!(req.headers.len(), 2);
+            assert_eq!(req.headers["x-custom-name"], "v");
+            let mut wire = Vec::new();
+            req.header_to_h1_wire(&mut wire);
+            let wire = String::from_utf8(wire).unwrap();
+            // Kept: as received; not kept: standard names in title case, others in lowercase.
+            let name = if keep { "X-Custom-Name" } else { "x-custom-name" };
+            assert!(wire.contains(&format!("{name}: v\r\n")), "{wire}");
+            assert!(wire.contains("Host: a.example\r\n"), "{wire}");
+        }
     }
 
     #[cfg(feature = "patched_http1")]
