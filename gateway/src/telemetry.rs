@@ -98,15 +98,17 @@ impl Default for RequestTrace {
 
 impl RequestTrace {
     /// Accepts the client's `traceparent`/`tracestate` or starts a trace, and opens the server
-    /// span when tracing is on.
+    /// span when tracing is on. `traceparent`: whether `headers` carries one (the caller looked
+    /// once for the names it needs).
     pub(crate) fn start(
         headers: &HeaderMap,
+        traceparent: bool,
         method: &str,
         path: &str,
         client: Option<SocketAddr>,
         started: Instant,
     ) -> Self {
-        let parent = if headers.contains_key(TRACEPARENT) {
+        let parent = if traceparent {
             TraceContextPropagator::new().extract(&HeaderExtractor(headers))
         } else {
             Context::new()
@@ -352,7 +354,7 @@ mod tests {
             HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
         );
         h.insert(TRACESTATE, HeaderValue::from_static("vendor=x"));
-        let t = RequestTrace::start(&h, "GET", "/", None, Instant::now());
+        let t = RequestTrace::start(&h, true, "GET", "/", None, Instant::now());
         assert_eq!(t.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(
             t.trace_id_hex().as_str(),
@@ -365,7 +367,7 @@ mod tests {
         );
         assert_eq!(state.expect("tracestate"), "vendor=x");
 
-        let t = RequestTrace::start(&HeaderMap::new(), "GET", "/", None, Instant::now());
+        let t = RequestTrace::start(&HeaderMap::new(), false, "GET", "/", None, Instant::now());
         assert_ne!(t.trace_id(), TraceId::INVALID);
         let (parent, state) = t.upstream_headers();
         let parent = parent.expect("started");
@@ -377,7 +379,7 @@ mod tests {
         // Garbage is replaced by a new trace, never passed on.
         let mut bad = HeaderMap::new();
         bad.insert(TRACEPARENT, HeaderValue::from_static("00-zz-yy-01"));
-        let t = RequestTrace::start(&bad, "GET", "/", None, Instant::now());
+        let t = RequestTrace::start(&bad, true, "GET", "/", None, Instant::now());
         assert_ne!(t.trace_id(), TraceId::INVALID);
     }
 }

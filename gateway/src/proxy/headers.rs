@@ -154,14 +154,14 @@ pub(super) fn last_good_key(req: &RequestHeader) -> Option<Box<str>> {
 }
 
 /// `X-Forwarded-Host`: `host`, the host the client asked for without a port
-/// ([`request_host`] of `req`, found once per request by the router). When that is the whole
-/// `Host` field (no port to drop), the field's value is passed on as it is: a reference count,
-/// not a validated copy.
-pub(super) fn forwarded_host(req: &RequestHeader, host: &str) -> Option<HeaderValue> {
+/// ([`host_of`](crate::router::host_of) the request's `Host` field, `host_field`, found once per
+/// request by the router). When that is the whole field (no port to drop), the field's value is
+/// passed on as it is: a reference count, not a validated copy.
+pub(super) fn forwarded_host(host_field: Option<&HeaderValue>, host: &str) -> Option<HeaderValue> {
     if host.is_empty() {
         return None;
     }
-    if let Some(v) = req.headers.get(http::header::HOST) {
+    if let Some(v) = host_field {
         if std::ptr::eq(v.as_bytes(), host.as_bytes()) {
             return Some(v.clone());
         }
@@ -334,7 +334,10 @@ mod tests {
                 HeaderValue::from_bytes(host).expect("value"),
             )
             .expect("host");
-            let got = forwarded_host(&req, request_host(&req.uri, &req.headers));
+            let got = forwarded_host(
+                req.headers.get(http::header::HOST),
+                request_host(&req.uri, &req.headers),
+            );
             assert_eq!(
                 got.as_ref().map(|v| v.to_str().expect("ascii")),
                 want,
@@ -347,9 +350,12 @@ mod tests {
         req.insert_header(http::header::HOST, "other.example")
             .expect("host");
         assert_eq!(
-            forwarded_host(&req, request_host(&req.uri, &req.headers))
-                .as_ref()
-                .map(|v| v.to_str().expect("ascii")),
+            forwarded_host(
+                req.headers.get(http::header::HOST),
+                request_host(&req.uri, &req.headers)
+            )
+            .as_ref()
+            .map(|v| v.to_str().expect("ascii")),
             Some("origin.example")
         );
     }

@@ -23,9 +23,9 @@ use crate::edge::HeadLimits;
 use crate::errors::{upstream_failure, GatewayError};
 use crate::fallback::{self, Capture};
 use crate::metrics::RouteInFlight;
-use crate::router::{request_host, RequestView};
+use crate::router::{host_of, RequestView};
 use crate::runtime::{GatewayState, InFlightGuard, Route, Runtime};
-use crate::telemetry::RequestTrace;
+use crate::telemetry::{RequestTrace, TRACEPARENT};
 
 mod exchange;
 mod headers;
@@ -179,9 +179,9 @@ impl ProxyHttp for GatewayProxy {
             .and_then(|d| d.ssl_digest.as_ref())
             .and_then(|s| s.extension.get::<crate::tls::ConnTls>())
             .map_or((None, None), |t| (t.client_cert.clone(), t.xfcc.clone()));
-        let [has_xfcc, has_id] = carried(
+        let [has_xfcc, has_id, has_traceparent] = carried(
             &session.req_header().headers,
-            [&crate::tls::XFCC, &X_REQUEST_ID],
+            [&crate::tls::XFCC, &X_REQUEST_ID, &TRACEPARENT],
         );
         // The client-certificate header is the gateway's to set: never the client's.
         if has_xfcc {
@@ -199,8 +199,9 @@ impl ProxyHttp for GatewayProxy {
             .filter(|v| usable_request_id(v));
         let id = incoming_id.cloned().unwrap_or_else(new_request_id);
         let need_insert = incoming_id.is_none();
-        let host = request_host(&req.uri, &req.headers);
-        ctx.forwarded_host = forwarded_host(req, host);
+        let host_field = req.headers.get(http::header::HOST);
+        let host = host_of(&req.uri, host_field);
+        ctx.forwarded_host = forwarded_host(host_field, host);
         let view = RequestView {
             method: &req.method,
             host,
@@ -211,6 +212,7 @@ impl ProxyHttp for GatewayProxy {
         ctx._route_flight = ctx.route.as_ref().map(|r| r.metrics.start());
         ctx.trace = RequestTrace::start(
             &req.headers,
+            has_traceparent,
             req.method.as_str(),
             req.uri.path(),
             session.client_addr().and_then(|a| a.as_inet()).copied(),

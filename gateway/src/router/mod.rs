@@ -158,11 +158,14 @@ impl RouteMatch {
 /// Host of a request without its port: from the URI authority (HTTP/2, absolute-form) or the
 /// `Host` header.
 pub(crate) fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> &'a str {
+    host_of(uri, headers.get(http::header::HOST))
+}
+
+/// [`request_host`] with the `Host` field already looked up (`host_field`).
+pub(crate) fn host_of<'a>(uri: &'a http::Uri, host_field: Option<&'a HeaderValue>) -> &'a str {
     let raw = match uri.host() {
         Some(h) => return h,
-        None => headers
-            .get(http::header::HOST)
-            .and_then(|v| v.to_str().ok()),
+        None => host_field.and_then(|v| v.to_str().ok()),
     };
     let Some(raw) = raw else { return "" };
     // "[::1]:8080" keeps its brackets; "host:port" loses the port. Byte scans: a host is a
