@@ -52,21 +52,32 @@ impl ConnectionMeta {
 }
 
 struct PoolConnection<S> {
-    pub notify_use: oneshot::Sender<bool>,
+    /// `None` for a connection put with [`ConnectionPool::put_unwatched`]: no idle watcher
+    /// waits to hear that it was picked up.
+    pub notify_use: Option<oneshot::Sender<bool>>,
     pub connection: S,
 }
 
 impl<S> PoolConnection<S> {
     pub fn new(notify_use: oneshot::Sender<bool>, connection: S) -> Self {
         PoolConnection {
-            notify_use,
+            notify_use: Some(notify_use),
+            connection,
+        }
+    }
+
+    pub fn unwatched(connection: S) -> Self {
+        PoolConnection {
+            notify_use: None,
             connection,
         }
     }
 
     pub fn release(self) -> S {
         // notify the idle watcher to release the connection
-        let _ = self.notify_use.send(true);
+        if let Some(notify_use) = self.notify_use {
+            let _ = notify_use.send(true);
+        }
         // wait for the watcher to release
         self.connection
     }
@@ -150,6 +161,30 @@ impl<T> PoolNode<T> {
     // But it should be fine because remove() rarely happens on a busy PoolNode.
     /// Remove the item associated with the id from the pool. The item is returned
     /// if it is found and removed.
+    /// Keep the connections for which `keep` returns true; return the others, removed.
+    ///
+    /// Connections taken from the hot queue are put back in the order they came out. A
+    /// concurrent [`Self::get_any`] may miss a connection while it is being looked at.
+    pub fn retain(&self, mut keep: impl FnMut(ID, &mut T) -> bool) -> Vec<(ID, T)> {
+        let mut removed = Vec::new();
+        {
+            let _queue_lock = self.hot_queue_remove_lock.lock();
+            for _ in 0..self.hot_queue.len() {
+                let Some((id, mut conn)) = self.hot_queue.pop() else {
+                    break;
+                };
+                if keep(id, &mut conn) {
+                    self.insert(id, conn);
+                } else {
+                    removed.push((id, conn));
+                }
+            }
+        }
+        let mut connections = self.connections.lock();
+        removed.extend(connections.extract_if(|id, conn| !keep(*id, conn)));
+        removed
+    }
+
     pub fn remove(&self, id: ID) -> Option<T> {
         // check the table first as least recent used ones are likely there
         let removed = self.connections.lock().remove(&id);
@@ -247,15 +282,20 @@ impl<S> ConnectionPool<S> {
 
     // only remove from the pool because lru already removed it
     fn pop_evicted(&self, meta: &ConnectionMeta) {
+        drop(self.take_evicted(meta));
+    }
+
+    /// Remove an evicted connection from its node and hand it back.
+    fn take_evicted(&self, meta: &ConnectionMeta) -> Option<PoolConnection<S>> {
         let pool_node = match self.pools.get(&meta.key) {
             Some(v) => v.value().clone(),
             None => {
                 warn!("Fail to get pool node for {meta:?}");
-                return;
+                return None;
             } // nothing to pop, should return error?
         };
 
-        pool_node.remove(meta.id);
+        let taken = pool_node.remove(meta.id);
         debug!("evict fd: {} from key {}", meta.id, meta.key);
 
         // Clean up the PoolNode entry if it is now empty, to prevent unbounded
@@ -265,6 +305,7 @@ impl<S> ConnectionPool<S> {
         if pool_node.is_empty() {
             self.try_remove_empty_node(meta.key);
         }
+        taken
     }
 
     pub fn pop_closed(&self, meta: &ConnectionMeta) {
@@ -313,6 +354,59 @@ impl<S> ConnectionPool<S> {
         let connection = PoolConnection::new(notify_use, connection);
         self.insert_pool_connection(meta.key, meta.id, connection);
         (notify_close, watch_use)
+    }
+
+    /// Put a connection in the pool with no idle watcher: nothing is told when it is picked
+    /// up or evicted, so no task needs to wait on it while it is idle.
+    ///
+    /// Returns the connections this put evicted (least recently used first), for the caller
+    /// to close; that can include `connection` itself when the pool holds nothing (a size of
+    /// 0) or is draining. A connection that is closed or expires while idle stays in the pool
+    /// until [`Self::get`] hands it out (the caller checks it then) or [`Self::retain`]
+    /// removes it.
+    pub fn put_unwatched(&self, meta: &ConnectionMeta, connection: S) -> Vec<S> {
+        let evicted_metas = self.lru.add_unwatched(meta.id, meta.clone());
+        let mut evicted = Vec::with_capacity(evicted_metas.len());
+        let mut connection = Some(connection);
+        for evicted_meta in &evicted_metas {
+            if evicted_meta.id == meta.id && evicted_meta.key == meta.key {
+                evicted.extend(connection.take());
+            } else if let Some(taken) = self.take_evicted(evicted_meta) {
+                evicted.push(taken.connection);
+            }
+        }
+        if let Some(connection) = connection {
+            self.insert_pool_connection(meta.key, meta.id, PoolConnection::unwatched(connection));
+        }
+        evicted
+    }
+
+    /// Keep the idle connections for which `keep` returns true, in every group; remove the
+    /// others and return them, for the caller to close. Meant for connections put with
+    /// [`Self::put_unwatched`] (a sweep for ones that closed or expired while idle); a watched
+    /// connection removed here sees its watcher report that it was picked up.
+    pub fn retain(&self, mut keep: impl FnMut(&mut S) -> bool) -> Vec<S> {
+        let nodes: Vec<(GroupKey, Arc<Pool<S>>)> = self
+            .pools
+            .iter()
+            .map(|entry| (*entry.key(), entry.value().clone()))
+            .collect();
+        let mut removed = Vec::new();
+        for (key, node) in nodes {
+            for (id, conn) in node.retain(|_, conn| keep(&mut conn.connection)) {
+                self.lru.pop(&id);
+                removed.push(conn.connection);
+            }
+            if node.is_empty() {
+                self.try_remove_empty_node(key);
+            }
+        }
+        removed
+    }
+
+    /// Whether the pool holds no connection.
+    pub fn is_empty(&self) -> bool {
+        self.pools.iter().all(|entry| entry.value().is_empty())
     }
 
     /// Actively monitor the health of a connection that is already released to this pool
@@ -499,6 +593,65 @@ mod tests {
         assert!(
             found_a1 == value1 && found_a2 == value3 || found_a2 == value1 && found_a1 == value3
         );
+    }
+
+    #[test]
+    fn test_put_unwatched_get_and_evict() {
+        let cp: ConnectionPool<String> = ConnectionPool::new(2);
+        let meta1 = ConnectionMeta::new(101, 1);
+        let meta2 = ConnectionMeta::new(102, 2);
+        let meta3 = ConnectionMeta::new(101, 3);
+        assert!(cp.put_unwatched(&meta1, "v1".into()).is_empty());
+        assert!(cp.put_unwatched(&meta2, "v2".into()).is_empty());
+        // over the size: the least recently used one comes back to be closed
+        assert_eq!(
+            cp.put_unwatched(&meta3, "v3".into()),
+            vec!["v1".to_string()]
+        );
+        assert_eq!(cp.get(&101).as_deref(), Some("v3"));
+        assert_eq!(cp.get(&101), None);
+        assert_eq!(cp.get(&102).as_deref(), Some("v2"));
+        assert!(cp.is_empty());
+
+        // a pool that holds nothing hands the connection straight back
+        let none: ConnectionPool<String> = ConnectionPool::new(0);
+        assert_eq!(
+            none.put_unwatched(&meta1, "v1".into()),
+            vec!["v1".to_string()]
+        );
+        assert!(none.is_empty());
+        assert_eq!(none.get(&101), None);
+    }
+
+    #[test]
+    fn test_retain_removes_and_keeps() {
+        // more connections under one key than the hot queue holds, so both places are swept
+        let n = HOT_QUEUE_SIZE as i32 + 8;
+        let cp: ConnectionPool<i32> = ConnectionPool::new(n as usize * 2);
+        for id in 0..n {
+            assert!(cp.put_unwatched(&ConnectionMeta::new(7, id), id).is_empty());
+        }
+        assert!(cp.put_unwatched(&ConnectionMeta::new(8, n), n).is_empty());
+        let mut removed = cp.retain(|v| *v % 2 == 0);
+        removed.sort();
+        assert_eq!(removed, (0..=n).filter(|v| v % 2 != 0).collect::<Vec<_>>());
+        let mut left = Vec::new();
+        while let Some(v) = cp.get(&7) {
+            left.push(v);
+        }
+        left.sort();
+        assert_eq!(left, (0..n).filter(|v| v % 2 == 0).collect::<Vec<_>>());
+        assert_eq!(
+            cp.retain(|_| false),
+            if n % 2 == 0 { vec![n] } else { vec![] }
+        );
+        assert!(cp.is_empty());
+        // the LRU forgot the removed ones: a full pool's worth fits again without eviction
+        for id in 0..n * 2 {
+            assert!(cp
+                .put_unwatched(&ConnectionMeta::new(9, 100 + id), id)
+                .is_empty());
+        }
     }
 
     #[tokio::test]

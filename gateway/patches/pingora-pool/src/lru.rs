@@ -21,7 +21,9 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 pub struct Node<T> {
-    pub close_notifier: Arc<Notify>,
+    /// `None` for a node whose owner does not wait to hear of its eviction: the pool's
+    /// `put_unwatched` takes evicted connections back itself.
+    pub close_notifier: Option<Arc<Notify>>,
     pub meta: T,
     order: u64,
 }
@@ -29,14 +31,25 @@ pub struct Node<T> {
 impl<T> Node<T> {
     pub fn new(meta: T) -> Self {
         Node {
-            close_notifier: Arc::new(Notify::new()),
+            close_notifier: Some(Arc::new(Notify::new())),
+            meta,
+            order: 0,
+        }
+    }
+
+    /// A node that nobody is told about when it is evicted.
+    pub fn unwatched(meta: T) -> Self {
+        Node {
+            close_notifier: None,
             meta,
             order: 0,
         }
     }
 
     pub fn notify_close(&self) {
-        self.close_notifier.notify_one();
+        if let Some(notifier) = &self.close_notifier {
+            notifier.notify_one();
+        }
     }
 }
 
@@ -159,8 +172,21 @@ where
 
     pub fn add(&self, key: K, meta: T) -> (Arc<Notify>, Vec<T>) {
         let node = Node::new(meta);
-        let notifier = node.close_notifier.clone();
+        let notifier = node
+            .close_notifier
+            .clone()
+            .expect("a new node has a notifier");
         (notifier, self.put(key, node))
+    }
+
+    /// [`Self::add`] without a close notifier: for an owner that handles the returned
+    /// evicted metas itself. While draining, the node is not kept and its own meta is
+    /// returned as evicted.
+    pub fn add_unwatched(&self, key: K, meta: T) -> Vec<T> {
+        if self.drain.load(Relaxed) {
+            return vec![meta];
+        }
+        self.put(key, Node::unwatched(meta))
     }
 
     pub fn pop(&self, key: &K) -> Option<Node<T>> {

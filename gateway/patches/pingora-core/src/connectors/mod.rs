@@ -30,17 +30,16 @@ use crate::upstreams::peer::{Peer, ALPN};
 use crate::offload::OffloadRuntime;
 pub use l4::Connect as L4Connect;
 use l4::{connect as l4_connect, BindTo};
-use log::{debug, error, warn};
+use log::{debug, warn};
 use parking_lot::RwLock;
 use pingora_error::{Error, ErrorType::*, OrErr, Result};
 use pingora_pool::{ConnectionMeta, ConnectionPool};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tls::TlsConnector;
-use tokio::sync::Mutex;
 
 #[derive(Clone, Debug)]
 pub(crate) struct IdleConnection {
@@ -60,6 +59,32 @@ impl IdleConnection {
         self.idle_since.elapsed()
     }
 }
+
+/// An upstream connection waiting in the keep-alive pool.
+///
+/// No task watches it while it is idle: whoever takes it out checks that it is still open and
+/// has not outlived its idle timeout, and a sweep (one task per connector, only while the pool
+/// holds anything) closes the ones that did every [`IDLE_SWEEP_INTERVAL`].
+struct IdleStream {
+    stream: Stream,
+    /// When it went idle; read only when something needs it (an idle timeout or a
+    /// [`PoolCallback`]).
+    since: Option<Instant>,
+    /// When the peer's idle timeout ends its reuse.
+    deadline: Option<Instant>,
+}
+
+impl IdleStream {
+    fn expired(&self, now: &mut Option<Instant>) -> bool {
+        self.deadline
+            .is_some_and(|deadline| *now.get_or_insert_with(Instant::now) >= deadline)
+    }
+}
+
+/// How often idle pooled upstream connections are checked for having been closed by the peer,
+/// or having outlived their idle timeout. A connection taken from the pool is checked then, so
+/// this bounds only how long a dead idle connection holds its file descriptor.
+pub const IDLE_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Callback invoked when an idle upstream connection leaves the keep-alive pool
 /// without being reused.
@@ -170,7 +195,9 @@ impl ConnectorOptions {
 /// [TransportConnector] provides APIs to connect to servers via TCP or TLS with connection reuse
 pub struct TransportConnector {
     tls_ctx: tls::Connector,
-    connection_pool: Arc<ConnectionPool<Arc<Mutex<Stream>>>>,
+    connection_pool: Arc<ConnectionPool<IdleStream>>,
+    /// Whether the idle sweep task is running (see [`IdleStream`]).
+    idle_sweep: Arc<AtomicBool>,
     offload: Option<OffloadRuntime>,
     bind_to_v4: Vec<SocketAddr>,
     bind_to_v6: Vec<SocketAddr>,
@@ -204,6 +231,7 @@ impl TransportConnector {
         TransportConnector {
             tls_ctx: tls::Connector::new(options),
             connection_pool: Arc::new(ConnectionPool::new(pool_size)),
+            idle_sweep: Arc::new(AtomicBool::new(false)),
             offload: offload.map(|v| OffloadRuntime::new("upstream connect offload", v.0, v.1)),
             bind_to_v4,
             bind_to_v6,
@@ -248,58 +276,26 @@ impl TransportConnector {
     }
 
     /// Try to find a reusable connection to the given server [Peer]
+    ///
+    /// Idle connections that the peer closed, that received unexpected data or that outlived
+    /// their idle timeout are closed and the next one is tried.
     pub async fn reused_stream<P: Peer + Send + Sync>(&self, peer: &P) -> Option<Stream> {
-        match self.connection_pool.get(&peer.reuse_hash()) {
-            Some(s) => {
-                debug!("find reusable stream, trying to acquire it");
-                {
-                    let _ = s.lock().await;
-                } // wait for the idle poll to release it
-                match Arc::try_unwrap(s) {
-                    Ok(l) => {
-                        let mut stream = l.into_inner();
-                        // test_reusable_stream: we assume server would never actively send data
-                        // first on an idle stream.
-                        #[cfg(unix)]
-                        if peer.matches_stream(&stream)
-                            && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
-                        {
-                            Some(stream)
-                        } else {
-                            None
-                        }
-                        #[cfg(windows)]
-                        {
-                            use std::os::windows::io::{AsRawSocket, RawSocket};
-                            struct WrappedRawSocket(RawSocket);
-                            impl AsRawSocket for WrappedRawSocket {
-                                fn as_raw_socket(&self) -> RawSocket {
-                                    self.0
-                                }
-                            }
-                            if peer.matches_sock(WrappedRawSocket(stream.id() as RawSocket))
-                                && test_reusable_stream(
-                                    &mut stream,
-                                    &self.unexpected_data_conn_count,
-                                )
-                            {
-                                Some(stream)
-                            } else {
-                                None
-                            }
-                        }
-                    }
-                    Err(_) => {
-                        error!("failed to acquire reusable stream");
-                        None
-                    }
-                }
+        let key = peer.reuse_hash();
+        let mut now = None;
+        while let Some(idle) = self.connection_pool.get(&key) {
+            if idle.expired(&mut now) {
+                debug!("idle connection outlived its idle timeout, closing it");
+                continue;
             }
-            None => {
-                debug!("No reusable connection found for {peer}");
-                None
+            let mut stream = idle.stream;
+            if stream_matches_peer(peer, &stream)
+                && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
+            {
+                return Some(stream);
             }
         }
+        debug!("No reusable connection found for {peer}");
+        None
     }
 
     /// Return the [Stream] to the [TransportConnector] for connection reuse.
@@ -318,29 +314,52 @@ impl TransportConnector {
         if !test_reusable_stream(&mut stream, &self.unexpected_data_conn_count) {
             return;
         }
-        let id = stream.id();
-        let meta = ConnectionMeta::new(key, id);
+        let meta = ConnectionMeta::new(key, stream.id());
         debug!("Try to keepalive client session");
-        let stream = Arc::new(Mutex::new(stream));
-        let locked_stream = stream.clone().try_lock_owned().unwrap(); // safe as we just created it
-        let (notify_close, watch_use) = self.connection_pool.put(&meta, stream);
-        let idle_meta = IdleConnection::new(meta);
-        let pool = self.connection_pool.clone(); //clone the arc
-        let keepalive_pool_callback = self.keepalive_pool_callback.clone();
-        let rt = pingora_runtime::current_handle();
-        rt.spawn(async move {
-            if pool
-                .idle_poll(
-                    locked_stream,
-                    &idle_meta.connection,
-                    idle_timeout,
-                    notify_close,
-                    watch_use,
-                )
-                .await
-            {
-                if let Some(callback) = keepalive_pool_callback {
-                    callback(idle_meta.elapsed());
+        let since =
+            (idle_timeout.is_some() || self.keepalive_pool_callback.is_some()).then(Instant::now);
+        let deadline = since
+            .zip(idle_timeout)
+            .map(|(since, timeout)| since + timeout);
+        let idle = IdleStream {
+            stream,
+            since,
+            deadline,
+        };
+        for evicted in self.connection_pool.put_unwatched(&meta, idle) {
+            debug!("idle connection evicted from the keep-alive pool");
+            if let (Some(callback), Some(since)) = (&self.keepalive_pool_callback, evicted.since) {
+                callback(since.elapsed());
+            }
+        }
+        if !self.idle_sweep.swap(true, Ordering::AcqRel) {
+            self.spawn_idle_sweep();
+        }
+    }
+
+    /// Start the task that closes idle pooled connections that were closed by their peer or
+    /// outlived their idle timeout; it ends when the pool is empty (or dropped), and the next
+    /// release starts it again.
+    fn spawn_idle_sweep(&self) {
+        let pool = Arc::downgrade(&self.connection_pool);
+        let running = self.idle_sweep.clone();
+        let unexpected_data_conn_count = self.unexpected_data_conn_count.clone();
+        pingora_runtime::current_handle().spawn(async move {
+            loop {
+                // pingora's coarse timer, as the pool's idle timeouts used: a tokio timer kept
+                // registered would make the runtime's every park also turn the timer wheel
+                pingora_timeout::sleep(IDLE_SWEEP_INTERVAL).await;
+                let Some(pool) = pool.upgrade() else {
+                    return;
+                };
+                sweep_idle(&pool, &unexpected_data_conn_count);
+                if pool.is_empty() {
+                    running.store(false, Ordering::Release);
+                    // a release that came in between saw the flag still set and spawned
+                    // nothing: keep going for it unless another sweep has started since
+                    if pool.is_empty() || running.swap(true, Ordering::AcqRel) {
+                        return;
+                    }
                 }
             }
         });
@@ -471,6 +490,39 @@ impl PreferredHttpVersion {
 use futures::future::FutureExt;
 use tokio::io::AsyncReadExt;
 
+/// Close the idle pooled connections that their peer closed, that received unexpected data or
+/// that outlived their idle timeout; returns how many.
+fn sweep_idle(pool: &ConnectionPool<IdleStream>, unexpected_data_conn_count: &AtomicU64) -> usize {
+    let mut now = None;
+    let closed = pool.retain(|idle| {
+        !idle.expired(&mut now)
+            && test_reusable_stream(&mut idle.stream, unexpected_data_conn_count)
+    });
+    if !closed.is_empty() {
+        debug!("closed {} idle connections", closed.len());
+    }
+    closed.len()
+}
+
+/// Whether a pooled stream is still the peer's: the socket may have been replaced (its fd reused).
+fn stream_matches_peer<P: Peer>(peer: &P, stream: &Stream) -> bool {
+    #[cfg(unix)]
+    {
+        peer.matches_stream(stream)
+    }
+    #[cfg(windows)]
+    {
+        use std::os::windows::io::{AsRawSocket, RawSocket};
+        struct WrappedRawSocket(RawSocket);
+        impl AsRawSocket for WrappedRawSocket {
+            fn as_raw_socket(&self) -> RawSocket {
+                self.0
+            }
+        }
+        peer.matches_sock(WrappedRawSocket(stream.id() as RawSocket))
+    }
+}
+
 /// Test whether a stream is already closed or not reusable (server sent unexpected data)
 fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &AtomicU64) -> bool {
     let mut buf = [0; 1];
@@ -586,6 +638,118 @@ mod tests {
 
     use super::*;
     use crate::upstreams::peer::BasicPeer;
+
+    /// Wait (up to 10 s) until `fd` is readable: the peer's FIN or data has arrived. Then
+    /// yield once, so that the runtime's I/O driver turns and records the readiness, as it
+    /// does on every park in a running server.
+    async fn wait_readable(fd: i32) {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call
+        let n = unsafe { libc::poll(&mut pfd, 1, 10_000) };
+        assert_eq!(n, 1, "fd {fd} did not become readable");
+        tokio::task::yield_now().await;
+    }
+
+    #[tokio::test]
+    async fn test_idle_pool_reuse_close_and_expiry() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = BasicPeer::new(&listener.local_addr().unwrap().to_string());
+        let key = peer.reuse_hash();
+        let connector = TransportConnector::new(None);
+
+        // released, then reused: the same connection comes back
+        let stream = connector.new_stream(&peer).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let fd = stream.id();
+        connector.release_stream(stream, key, Some(Duration::from_secs(60)));
+        assert!(
+            connector.idle_sweep.load(Ordering::Acquire),
+            "sweep started"
+        );
+        let stream = connector.reused_stream(&peer).await.expect("reused");
+        assert_eq!(stream.id(), fd);
+        assert!(connector.connection_pool.is_empty());
+
+        // the peer closes it while it is idle: it is not handed out
+        connector.release_stream(stream, key, None);
+        drop(server);
+        wait_readable(fd).await;
+        assert!(connector.reused_stream(&peer).await.is_none());
+        assert!(connector.connection_pool.is_empty());
+
+        // it outlives its idle timeout: it is not handed out
+        let stream = connector.new_stream(&peer).await.unwrap();
+        let _server = listener.accept().await.unwrap();
+        connector.release_stream(stream, key, Some(Duration::ZERO));
+        assert!(connector.reused_stream(&peer).await.is_none());
+        assert!(connector.connection_pool.is_empty());
+
+        // a dead one in front of a live one: the live one is handed out
+        let live = connector.new_stream(&peer).await.unwrap();
+        let _live_server = listener.accept().await.unwrap();
+        let live_fd = live.id();
+        let dead = connector.new_stream(&peer).await.unwrap();
+        let (dead_server, _) = listener.accept().await.unwrap();
+        let dead_fd = dead.id();
+        connector.release_stream(dead, key, None);
+        connector.release_stream(live, key, None);
+        drop(dead_server);
+        wait_readable(dead_fd).await;
+        let stream = connector.reused_stream(&peer).await.expect("the live one");
+        assert_eq!(stream.id(), live_fd);
+    }
+
+    #[tokio::test]
+    async fn test_idle_sweep_closes_dead_and_expired_keeps_live() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = BasicPeer::new(&listener.local_addr().unwrap().to_string());
+        let key = peer.reuse_hash();
+        let connector = TransportConnector::new(None);
+        let counter = AtomicU64::new(0);
+
+        let live = connector.new_stream(&peer).await.unwrap();
+        let _live_server = listener.accept().await.unwrap();
+        let live_fd = live.id();
+        let closed = connector.new_stream(&peer).await.unwrap();
+        let (closed_server, _) = listener.accept().await.unwrap();
+        let closed_fd = closed.id();
+        let chatty = connector.new_stream(&peer).await.unwrap();
+        let (mut chatty_server, _) = listener.accept().await.unwrap();
+        let chatty_fd = chatty.id();
+        let expired = connector.new_stream(&peer).await.unwrap();
+        let _expired_server = listener.accept().await.unwrap();
+
+        connector.release_stream(live, key, Some(Duration::from_secs(60)));
+        connector.release_stream(closed, key, None);
+        connector.release_stream(chatty, key, None);
+        connector.release_stream(expired, key, Some(Duration::ZERO));
+        assert_eq!(
+            sweep_idle(&connector.connection_pool, &counter),
+            1,
+            "the expired one"
+        );
+
+        drop(closed_server);
+        wait_readable(closed_fd).await;
+        use tokio::io::AsyncWriteExt;
+        chatty_server.write_all(b"HTTP/1.1 408").await.unwrap();
+        wait_readable(chatty_fd).await;
+        assert_eq!(sweep_idle(&connector.connection_pool, &counter), 2);
+        assert_eq!(
+            counter.load(Ordering::Relaxed),
+            1,
+            "one had unexpected data"
+        );
+        assert_eq!(sweep_idle(&connector.connection_pool, &counter), 0);
+
+        let stream = connector.reused_stream(&peer).await.expect("the live one");
+        assert_eq!(stream.id(), live_fd);
+        assert!(connector.connection_pool.is_empty());
+    }
 
     #[tokio::test]
     async fn test_connect() {
