@@ -330,7 +330,22 @@ fn from_digits(bytes: &[u8]) -> Option<u64> {
 /// 8.6](https://www.rfc-editor.org/rfc/rfc9110#section-8.6) this lets identical
 /// duplicates (e.g. `Content-Length: 42, 42`) be collapsed to a single value
 /// while genuinely conflicting framing is rejected.
+#[cfg(test)]
 pub(crate) fn content_length_parse_all(headers: &HMap) -> Option<u64> {
+    match content_length_field(headers) {
+        ContentLengthField::Valid(n) => Some(n),
+        ContentLengthField::Absent | ContentLengthField::Invalid => None,
+    }
+}
+
+/// What a head's `Content-Length` fields say, found in one lookup.
+enum ContentLengthField {
+    Absent,
+    Valid(u64),
+    Invalid,
+}
+
+fn content_length_field(headers: &HMap) -> ContentLengthField {
     // If multiple Content-Length headers were sent, everything can still be
     // alright if they all contain the same value, and all parse correctly. If
     // not, then it's an error.
@@ -338,18 +353,25 @@ pub(crate) fn content_length_parse_all(headers: &HMap) -> Option<u64> {
     for value in headers.get_all(header::CONTENT_LENGTH) {
         // A non-visible-ASCII value can't be a valid Content-Length, so the
         // framing is ambiguous.
-        let line = value.to_str().ok()?;
+        let Ok(line) = value.to_str() else {
+            return ContentLengthField::Invalid;
+        };
         for v in line.split(',') {
-            let n = from_digits(v.trim().as_bytes())?;
+            let Some(n) = from_digits(v.trim().as_bytes()) else {
+                return ContentLengthField::Invalid;
+            };
             match content_length {
                 None => content_length = Some(n),
-                Some(prev) if prev != n => return None,
+                Some(prev) if prev != n => return ContentLengthField::Invalid,
                 Some(_) => {}
             }
         }
     }
 
-    content_length
+    match content_length {
+        Some(n) => ContentLengthField::Valid(n),
+        None => ContentLengthField::Absent,
+    }
 }
 
 /// Resolve the framing `Content-Length` of a message following hyper's decode
@@ -357,8 +379,8 @@ pub(crate) fn content_length_parse_all(headers: &HMap) -> Option<u64> {
 /// present but cannot be resolved to a single value (conflicting duplicates or
 /// an unparseable value), or `None` when the header is absent.
 pub(crate) fn content_length_for_framing(headers: &HMap) -> Result<Option<usize>> {
-    match content_length_parse_all(headers) {
-        Some(cl) => {
+    match content_length_field(headers) {
+        ContentLengthField::Valid(cl) => {
             // Content-Length frames the body, so a value that does not fit in
             // `usize` cannot be represented and must not be silently truncated
             // (which would misframe bodies larger than `usize::MAX`, e.g. on
@@ -373,13 +395,13 @@ pub(crate) fn content_length_for_framing(headers: &HMap) -> Result<Option<usize>
                 )
             })
         }
-        None if headers.contains_key(header::CONTENT_LENGTH) => {
+        ContentLengthField::Invalid => {
             // debug, not warn: per-message, client-influenced; avoids log floods
             // under adversarial load. The error is returned to the caller.
             debug!("invalid Content-Length header");
             Error::e_explain(InvalidHTTPHeader, "invalid Content-Length header")
         }
-        None => Ok(None),
+        ContentLengthField::Absent => Ok(None),
     }
 }
 
