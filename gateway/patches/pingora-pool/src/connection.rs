@@ -381,10 +381,21 @@ impl<S> ConnectionPool<S> {
         evicted
     }
 
+    /// Take an idle connection of the group `key`, for connections put with
+    /// [`Self::put_unwatched`]. Unlike [`Self::get`], a group whose last idle connection this
+    /// takes keeps its (empty) node, ready for the next release of a connection to the same peer
+    /// rather than freed and made again per request; [`Self::retain`] removes the empty nodes.
+    pub fn get_unwatched(&self, key: &GroupKey) -> Option<S> {
+        let (id, connection) = self.pools.get(key)?.get_any()?;
+        self.lru.pop(&id);
+        Some(connection.release())
+    }
+
     /// Keep the idle connections for which `keep` returns true, in every group; remove the
-    /// others and return them, for the caller to close. Meant for connections put with
-    /// [`Self::put_unwatched`] (a sweep for ones that closed or expired while idle); a watched
-    /// connection removed here sees its watcher report that it was picked up.
+    /// others and return them, for the caller to close. Groups left without a connection are
+    /// removed. Meant for connections put with [`Self::put_unwatched`] (a sweep for ones that
+    /// closed or expired while idle); a watched connection removed here sees its watcher report
+    /// that it was picked up.
     pub fn retain(&self, mut keep: impl FnMut(&mut S) -> bool) -> Vec<S> {
         let nodes: Vec<(GroupKey, Arc<Pool<S>>)> = self
             .pools
@@ -621,6 +632,33 @@ mod tests {
         );
         assert!(none.is_empty());
         assert_eq!(none.get(&101), None);
+    }
+
+    #[test]
+    fn test_get_unwatched_keeps_the_node_until_retain() {
+        let cp: ConnectionPool<String> = ConnectionPool::new(4);
+        let meta = ConnectionMeta::new(101, 1);
+        assert!(cp.put_unwatched(&meta, "v1".into()).is_empty());
+        assert_eq!(cp.get_unwatched(&101).as_deref(), Some("v1"));
+        assert_eq!(cp.get_unwatched(&101), None);
+        assert_eq!(cp.get_unwatched(&102), None);
+        assert!(
+            pool_contains(&cp, 101),
+            "the emptied node is kept for the next release"
+        );
+        assert!(cp.is_empty());
+        // released again into the kept node, then taken
+        assert!(cp.put_unwatched(&meta, "v1".into()).is_empty());
+        assert_eq!(cp.get_unwatched(&101).as_deref(), Some("v1"));
+        // a sweep removes empty nodes
+        assert!(cp.retain(|_| true).is_empty());
+        assert_eq!(pool_len(&cp), 0);
+        // and the LRU forgot every taken connection: the pool's size fits without eviction
+        for id in 0..4 {
+            assert!(cp
+                .put_unwatched(&ConnectionMeta::new(101, id), id.to_string())
+                .is_empty());
+        }
     }
 
     #[test]

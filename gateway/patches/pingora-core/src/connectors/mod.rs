@@ -282,7 +282,7 @@ impl TransportConnector {
     pub async fn reused_stream<P: Peer + Send + Sync>(&self, peer: &P) -> Option<Stream> {
         let key = peer.reuse_hash();
         let mut now = None;
-        while let Some(idle) = self.connection_pool.get(&key) {
+        while let Some(idle) = self.connection_pool.get_unwatched(&key) {
             if idle.expired(&mut now) {
                 debug!("idle connection outlived its idle timeout, closing it");
                 continue;
