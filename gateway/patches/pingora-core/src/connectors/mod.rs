@@ -332,7 +332,10 @@ impl TransportConnector {
                 callback(since.elapsed());
             }
         }
-        if !self.idle_sweep.swap(true, Ordering::AcqRel) {
+        // read before the swap: every release on every thread would otherwise write the flag's
+        // cache line, which is set nearly always
+        if !self.idle_sweep.load(Ordering::Acquire) && !self.idle_sweep.swap(true, Ordering::AcqRel)
+        {
             self.spawn_idle_sweep();
         }
     }
