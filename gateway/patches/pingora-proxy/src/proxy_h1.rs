@@ -114,7 +114,8 @@ where
             return (false, true, Some(e));
         }
 
-        session.set_upstream_h1_upgrade_request_status(is_h1_upgrade_req(&req));
+        let upstream_upgrade_req = is_h1_upgrade_req(&req);
+        session.set_upstream_h1_upgrade_request_status(upstream_upgrade_req);
 
         session.upstream_compression.request_filter(&req);
 
@@ -139,6 +140,16 @@ where
             Ok(reader) => reader,
             Err(e) => return (false, false, Some(e)),
         };
+
+        if !upstream_upgrade_req
+            && downstream_custom_message_writer.is_none()
+            && downstream_custom_message_reader.is_none()
+            && relays_response_only(session)
+        {
+            return self
+                .proxy_1to1_response_only(session, client_session, ctx)
+                .await;
+        }
 
         let (tx_upstream, rx_upstream) = mpsc::channel::<HttpTask>(TASK_BUFFER_SIZE);
         let (tx_downstream, rx_downstream) = mpsc::channel::<HttpTask>(TASK_BUFFER_SIZE);
@@ -395,6 +406,33 @@ where
             }
         }
 
+        self.filter_and_write_tasks(
+            session,
+            ctx,
+            tasks,
+            serve_from_cache,
+            range_body_filter,
+            response_state,
+        )
+        .await
+    }
+
+    /// Runs the response filters on a batch of upstream tasks and writes the result downstream.
+    /// Returns whether the response is done, or `None` when nothing was sent downstream (e.g.
+    /// serve_from_cache).
+    async fn filter_and_write_tasks(
+        &self,
+        session: &mut Session,
+        ctx: &mut SV::CTX,
+        tasks: Vec<HttpTask>,
+        serve_from_cache: &mut ServeFromCache,
+        range_body_filter: &mut proxy_cache::range_filter::RangeBodyFilter,
+        response_state: &mut ResponseStateMachine,
+    ) -> Result<Option<bool>>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
         /* run filters before sending to downstream */
         let mut filtered_tasks = Vec::with_capacity(TASK_BUFFER_SIZE);
         for mut t in tasks {
@@ -437,6 +475,128 @@ where
         let response_done = session.write_response_tasks(filtered_tasks).await?;
 
         Ok(Some(response_done))
+    }
+
+    /// The response half of [`Self::proxy_1to1`] for a request whose header, its whole
+    /// message, is already sent (see [`relays_response_only`]): the end of the request body is
+    /// run through the request body filters and finished upstream, then the response is read
+    /// and relayed in this one future, batch by batch, while the client connection is watched
+    /// for a close or an error. It does what the two halves joined over the task pipes do for
+    /// such a request, without the pipes, the join or the select loops that wake each other.
+    async fn proxy_1to1_response_only(
+        &self,
+        session: &mut Session,
+        client_session: &mut HttpSessionV1,
+        ctx: &mut SV::CTX,
+    ) -> (bool, bool, Option<Box<Error>>)
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        session.as_mut().enable_retry_buffering();
+
+        // The end of the (empty) request body, through the body filters as the duplex path
+        // sends it. A filter may still produce data; it is written before the body is finished.
+        let mut data = None;
+        if let Err(e) = session
+            .downstream_modules_ctx
+            .request_body_filter(&mut data, true)
+            .await
+        {
+            return (false, false, Some(e));
+        }
+        if let Err(e) = self
+            .inner
+            .request_body_filter(session, &mut data, true, ctx)
+            .await
+        {
+            return (false, false, Some(e));
+        }
+        // As in `proxy_handle_upstream`: a failure to finish the request is not the end of the
+        // exchange (a complete response can still be relayed) but the connection is not reused,
+        // and a later read error reports the send error.
+        let mut upstream_can_reuse = true;
+        let mut send_error = None;
+        if let Err(e) = send_body_to1(client_session, Some(HttpTask::Body(data, true))).await {
+            warn!("send error, draining read buf: {e}");
+            upstream_can_reuse = false;
+            send_error = Some(e);
+        }
+
+        let mut serve_from_cache = proxy_cache::ServeFromCache::new();
+        let mut range_body_filter = proxy_cache::range_filter::RangeBodyFilter::new();
+        let mut response_state = ResponseStateMachine::new();
+        let mut upstream_done = false;
+        while !upstream_done {
+            let first = tokio::select! {
+                biased;
+                res = client_session.read_response_task() => res,
+                // The request is complete: for HTTP/1 this returns only when the client closed
+                // its side (with `abort_on_close`) or sent data it must not send.
+                res = session.downstream_session.read_body_or_idle(true) => {
+                    let e = match res {
+                        Err(e) => e,
+                        Ok(_) => Error::explain(ConnectError, "Sent data after end of body"),
+                    };
+                    return (false, false, Some(e.into_down()));
+                }
+            };
+            // Batch what the upstream already sent (typically the header with the body).
+            let mut tasks = Vec::with_capacity(TASK_BUFFER_SIZE);
+            let mut next = Some(first);
+            while let Some(res) = next.take() {
+                match res {
+                    Ok(task) => {
+                        upstream_done = task.is_end();
+                        tasks.push(task);
+                        if !upstream_done {
+                            // tokio::task::unconstrained: now_or_never may yield None when the
+                            // future is ready but out of budget
+                            next = tokio::task::unconstrained(client_session.read_response_task())
+                                .now_or_never();
+                        }
+                    }
+                    Err(e) => {
+                        // The response's message boundary was not reached: not reusable.
+                        upstream_done = true;
+                        upstream_can_reuse = false;
+                        tasks.push(HttpTask::Failed(send_error.take().unwrap_or(e).into_up()));
+                    }
+                }
+            }
+            match self
+                .filter_and_write_tasks(
+                    session,
+                    ctx,
+                    tasks,
+                    &mut serve_from_cache,
+                    &mut range_body_filter,
+                    &mut response_state,
+                )
+                .await
+            {
+                Ok(Some(true)) if !upstream_done => {
+                    // The client's response is complete by its framing before the upstream's
+                    // ended: the rest is unread, so the connection is not reused.
+                    upstream_can_reuse = false;
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => return (false, false, Some(e)),
+            }
+        }
+
+        let reuse_downstream = match session.as_mut().finish_body().await {
+            Ok(_) => {
+                debug!("finished sending body to downstream");
+                true
+            }
+            Err(e) => {
+                error!("Error finish sending body to downstream: {}", e);
+                false
+            }
+        };
+        (reuse_downstream, upstream_can_reuse, None)
     }
 
     // todo use this function to replace bidirection_1to2()
@@ -1071,6 +1231,17 @@ where
 
         Ok(end_of_body)
     }
+}
+
+/// Whether [`HttpProxy::proxy_1to1`] only has the response left to relay once the request
+/// header is sent: an HTTP/1 client whose request has no body (and so nothing to stream or to
+/// replay on a retry), outside the cache. The caller also checks that the request is not an
+/// upgrade and that no custom messages are forwarded.
+fn relays_response_only(session: &mut Session) -> bool {
+    matches!(*session.downstream_session, HttpSession::H1(_))
+        && !session.cache.enabled()
+        && session.as_mut().is_body_empty()
+        && session.as_mut().is_body_done()
 }
 
 pub(crate) async fn send_body_to1(
