@@ -182,10 +182,9 @@ async fn status_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, accepted)
 }
 
-#[tokio::test]
-async fn a_client_that_hangs_up_ends_its_upstream_call() {
-    // An upstream that reads the request and never answers; it reports when the gateway closes
-    // the connection.
+/// An upstream that reads each request and never answers. It reports each request it read
+/// (`got_request`) and each connection the gateway closed (`closed`).
+async fn silent_upstream() -> (SocketAddr, Arc<Notify>, Arc<Notify>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let got_request = Arc::new(Notify::new());
@@ -205,21 +204,106 @@ async fn a_client_that_hangs_up_ends_its_upstream_call() {
             });
         }
     });
-    // The per-try timeout is far away: only the client's hang-up can end the call in time.
-    let gw = Gateway::start(&route_to(addr, "read_timeout_ms = 120000")).await;
+    (addr, got_request, closed)
+}
+
+/// A gateway in front of `upstream` with a per-try timeout far away (only a client's hang-up
+/// can end a call in time), serving HTTP/1.1 on its listener and h2c on a second one.
+async fn with_h2c(upstream: SocketAddr) -> (Gateway, SocketAddr) {
+    let h2c_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let body = format!(
+        "[[listeners]]\nname = \"h2c\"\naddress = \"{h2c_addr}\"\nh2c = true\n\n{}",
+        route_to(upstream, "read_timeout_ms = 120000")
+    );
+    (Gateway::start(&body).await, h2c_addr)
+}
+
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not within 10 s"))
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_ends_its_upstream_call() {
+    let (addr, got_request, closed) = silent_upstream().await;
+    let (gw, h2c_addr) = with_h2c(addr).await;
+
+    // HTTP/1.1: the client closes its connection.
     let mut client = connect(&gw).await;
     client
         .write_all(b"GET /wait HTTP/1.1\r\nhost: example.test\r\n\r\n")
         .await
         .expect("send");
-    tokio::time::timeout(Duration::from_secs(10), got_request.notified())
-        .await
-        .expect("the request reached the upstream");
+    within("the request reached the upstream", got_request.notified()).await;
     drop(client);
-    tokio::time::timeout(Duration::from_secs(10), closed.notified())
-        .await
-        .expect("the gateway closed the upstream connection after the client hung up");
+    within(
+        "the gateway closed the upstream connection after the client hung up",
+        closed.notified(),
+    )
+    .await;
+
+    // HTTP/2: the client resets the stream (a dropped request) on a connection it keeps.
+    let h2c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let url = format!("http://{h2c_addr}/wait");
+    let pending = tokio::spawn({
+        let h2c = h2c.clone();
+        async move { h2c.get(url).send().await }
+    });
+    within(
+        "the h2c request reached the upstream",
+        got_request.notified(),
+    )
+    .await;
+    pending.abort();
+    within(
+        "the gateway closed the upstream connection after the stream was reset",
+        closed.notified(),
+    )
+    .await;
 
     // The gateway goes on serving: a new connection is accepted.
     connect(&gw).await;
+}
+
+#[tokio::test]
+async fn pieces_are_relayed_as_they_come_over_h2c() {
+    let (addr, accepted, next) = paced_upstream().await;
+    let (_gw, h2c_addr) = with_h2c(addr).await;
+    let h2c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    for i in 0..2 {
+        let mut r = within(
+            "the response head",
+            h2c.get(format!("http://{h2c_addr}/piece/{i}")).send(),
+        )
+        .await
+        .expect("h2c request");
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        assert_eq!(r.status().as_u16(), 200);
+        assert_eq!(r.headers()["x-path"], format!("/piece/{i}").as_str());
+        let mut got = Vec::new();
+        for piece in ["first", "second", "third"] {
+            // Each piece reaches the client before the upstream has written the next one.
+            while !got.ends_with(piece.as_bytes()) {
+                let chunk = within("a piece", r.chunk())
+                    .await
+                    .expect("body")
+                    .expect("more body");
+                got.extend_from_slice(&chunk);
+            }
+            next.send(()).expect("upstream running");
+        }
+        assert_eq!(got, b"firstsecondthird");
+        // The end of the stream (an empty frame may carry it) and nothing after the pieces.
+        while let Some(rest) = within("the end", r.chunk()).await.expect("end") {
+            assert!(rest.is_empty(), "{rest:?}");
+        }
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }

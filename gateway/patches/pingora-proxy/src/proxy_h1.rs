@@ -531,8 +531,9 @@ where
             let first = tokio::select! {
                 biased;
                 res = client_session.read_response_task() => res,
-                // The request is complete: for HTTP/1 this returns only when the client closed
-                // its side (with `abort_on_close`) or sent data it must not send.
+                // The request is complete: this returns only when the client closed its side
+                // (HTTP/1 with `abort_on_close`), reset the stream (HTTP/2) or sent data it
+                // must not send.
                 res = session.downstream_session.read_body_or_idle(true) => {
                     let e = match res {
                         Err(e) => e,
@@ -1234,12 +1235,16 @@ where
 }
 
 /// Whether [`HttpProxy::proxy_1to1`] only has the response left to relay once the request
-/// header is sent: an HTTP/1 client whose request has no body (and so nothing to stream or to
-/// replay on a retry), outside the cache. The caller also checks that the request is not an
-/// upgrade and that no custom messages are forwarded.
+/// header is sent: an HTTP/1 or HTTP/2 client whose request has no body (and so nothing to
+/// stream or to replay on a retry), outside the cache. For both, `read_body_or_idle(true)`
+/// returns only an error (the client closed, reset the stream or sent data it must not send).
+/// The caller also checks that the request is not an upgrade and that no custom messages are
+/// forwarded.
 fn relays_response_only(session: &mut Session) -> bool {
-    matches!(*session.downstream_session, HttpSession::H1(_))
-        && !session.cache.enabled()
+    matches!(
+        *session.downstream_session,
+        HttpSession::H1(_) | HttpSession::H2(_)
+    ) && !session.cache.enabled()
         && session.as_mut().is_body_empty()
         && session.as_mut().is_body_done()
 }
