@@ -1445,4 +1445,141 @@ mod tests {
         assert_eq!(err.etype(), &InvalidHTTPHeader);
         assert_eq!(err.esource(), &ErrorSource::Upstream);
     }
+
+    /// The proxy with pingora's default hooks; the tests drive `proxy_1to1` directly.
+    struct Passthrough;
+
+    #[async_trait]
+    impl ProxyHttp for Passthrough {
+        type CTX = ();
+
+        fn new_ctx(&self) -> Self::CTX {}
+
+        async fn upstream_peer(
+            &self,
+            _session: &mut Session,
+            _ctx: &mut Self::CTX,
+        ) -> Result<Box<HttpPeer>> {
+            unreachable!("the tests call proxy_1to1 directly")
+        }
+    }
+
+    /// A client session that read `request` from the returned client end, and an upstream
+    /// session whose other end (the origin) is returned.
+    async fn sessions(
+        request: &[u8],
+    ) -> (
+        Session,
+        tokio::io::DuplexStream,
+        HttpSessionV1,
+        tokio::io::DuplexStream,
+    ) {
+        let (mut client, server) = tokio::io::duplex(4096);
+        client.write_all(request).await.expect("request written");
+        let mut session = Session::new_h1(Box::new(server) as pingora_core::protocols::Stream);
+        session.read_request().await.expect("request parsed");
+        let (origin, upstream) = tokio::io::duplex(4096);
+        let upstream = HttpSessionV1::new(Box::new(upstream) as pingora_core::protocols::Stream);
+        (session, client, upstream, origin)
+    }
+
+    /// `f`, which must finish within 10 s (a relay that waits forever fails the test).
+    async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(std::time::Duration::from_secs(10), f)
+            .await
+            .expect("finished within 10 s")
+    }
+
+    /// Reads from `s` into `buf` until it ends with `end`.
+    async fn read_until(s: &mut tokio::io::DuplexStream, buf: &mut Vec<u8>, end: &[u8]) {
+        use tokio::io::AsyncReadExt;
+        while !buf.ends_with(end) {
+            let mut chunk = [0u8; 1024];
+            let n = s.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "closed before {end:?}; got {buf:?}");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bodiless_request_relays_its_response_in_pieces_and_keeps_both_connections() {
+        let proxy = HttpProxy::new(Passthrough, Arc::new(ServerConf::default()));
+        let (mut session, mut client, mut upstream, mut origin) =
+            sessions(b"GET /x HTTP/1.1\r\nHost: example.com\r\n\r\n").await;
+        assert!(relays_response_only(&mut session));
+        let peer = HttpPeer::new("127.0.0.1:80", false, String::new());
+        let origin_side = async move {
+            let mut got = Vec::new();
+            read_until(&mut origin, &mut got, b"\r\n\r\n").await;
+            origin
+                .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+                .await
+                .expect("origin write");
+            // The first piece reaches the client before the origin sends the rest.
+            let mut seen = Vec::new();
+            read_until(&mut client, &mut seen, b"first\r\n").await;
+            origin
+                .write_all(b"6\r\nsecond\r\n0\r\n\r\n")
+                .await
+                .expect("origin write");
+            read_until(&mut client, &mut seen, b"0\r\n\r\n").await;
+            (got, seen)
+        };
+        let mut ctx = ();
+        let (relayed, (request, response)) = within(async {
+            tokio::join!(
+                proxy.proxy_1to1(&mut session, &mut upstream, &peer, &mut ctx),
+                origin_side
+            )
+        })
+        .await;
+        let (downstream_reusable, upstream_reusable, error) = relayed;
+        assert!(error.is_none(), "{error:?}");
+        assert!(downstream_reusable);
+        assert!(upstream_reusable);
+        let request = String::from_utf8(request).expect("utf-8");
+        assert!(request.starts_with("GET /x HTTP/1.1\r\n"), "{request}");
+        let response = String::from_utf8(response).expect("utf-8");
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        assert!(
+            response.ends_with("first\r\n6\r\nsecond\r\n0\r\n\r\n"),
+            "{response}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_that_closes_ends_the_relay_with_a_downstream_error() {
+        let proxy = HttpProxy::new(Passthrough, Arc::new(ServerConf::default()));
+        let (mut session, client, mut upstream, mut origin) =
+            sessions(b"GET /wait HTTP/1.1\r\nHost: example.com\r\n\r\n").await;
+        let peer = HttpPeer::new("127.0.0.1:80", false, String::new());
+        let origin_side = async move {
+            let mut got = Vec::new();
+            read_until(&mut origin, &mut got, b"\r\n\r\n").await;
+            // The origin holds its answer; the client goes away.
+            drop(client);
+            origin
+        };
+        let mut ctx = ();
+        let (relayed, _origin) = within(async {
+            tokio::join!(
+                proxy.proxy_1to1(&mut session, &mut upstream, &peer, &mut ctx),
+                origin_side
+            )
+        })
+        .await;
+        let (downstream_reusable, upstream_reusable, error) = relayed;
+        let error = error.expect("the relay ends with an error");
+        assert_eq!(error.esource(), &ErrorSource::Downstream, "{error}");
+        assert!(!downstream_reusable);
+        assert!(!upstream_reusable);
+    }
+
+    #[tokio::test]
+    async fn a_request_with_a_body_keeps_the_duplex_path() {
+        let (mut session, _client, _upstream, _origin) =
+            sessions(b"POST /x HTTP/1.1\r\nHost: example.com\r\nContent-Length: 3\r\n\r\nabc")
+                .await;
+        assert!(!relays_response_only(&mut session));
+    }
 }
