@@ -307,3 +307,67 @@ async fn pieces_are_relayed_as_they_come_over_h2c() {
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_holds_back_a_fast_upstream() {
+    // An upstream that answers with a 512 MiB body, written as fast as the gateway takes it.
+    const BODY: u64 = 512 << 20;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = written.clone();
+    tokio::spawn(async move {
+        let Ok((mut s, _)) = listener.accept().await else {
+            return;
+        };
+        let mut buf = Vec::new();
+        if read_head(&mut s, &mut buf).await.is_none() {
+            return;
+        }
+        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {BODY}\r\n\r\n");
+        if s.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        let block = vec![b'x'; 64 << 10];
+        while counter.load(Ordering::SeqCst) < BODY {
+            if s.write_all(&block).await.is_err() {
+                return;
+            }
+            counter.fetch_add(block.len() as u64, Ordering::SeqCst);
+        }
+    });
+    let gw = Gateway::start(&route_to(addr, "read_timeout_ms = 60000")).await;
+    let mut client = connect(&gw).await;
+    client
+        .write_all(b"GET /big HTTP/1.1\r\nhost: example.test\r\n\r\n")
+        .await
+        .expect("send");
+    let mut buf = Vec::new();
+    let head = within("the response head", read_head(&mut client, &mut buf))
+        .await
+        .expect("head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // The client reads no more. The upstream's writes stall once the socket buffers on the way
+    // and the few pieces the gateway holds are full: it is not read ahead of the client.
+    // Stalled: no byte more for a whole second (checked every 50 ms, for at most 60 s).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let (mut last, mut since) = (written.load(Ordering::SeqCst), tokio::time::Instant::now());
+    let stalled = loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = written.load(Ordering::SeqCst);
+        if now != last {
+            (last, since) = (now, tokio::time::Instant::now());
+        } else if since.elapsed() >= Duration::from_secs(1) {
+            break now;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the upstream kept writing for 60 s ({now} bytes): nothing holds it back"
+        );
+    };
+    assert!(
+        stalled < 64 << 20,
+        "the gateway took {stalled} bytes of the response ahead of a client that reads nothing"
+    );
+    drop(client);
+}

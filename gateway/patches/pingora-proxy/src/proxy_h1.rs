@@ -542,7 +542,9 @@ where
                     return (false, false, Some(e.into_down()));
                 }
             };
-            // Batch what the upstream already sent (typically the header with the body).
+            // Batch what the upstream already sent (typically the header with the body), at
+            // most TASK_BUFFER_SIZE tasks, the duplex path's pipe capacity: a fast upstream's
+            // response is not read ahead of the client without bound.
             let mut tasks = Vec::with_capacity(TASK_BUFFER_SIZE);
             let mut next = Some(first);
             while let Some(res) = next.take() {
@@ -550,7 +552,7 @@ where
                     Ok(task) => {
                         upstream_done = task.is_end();
                         tasks.push(task);
-                        if !upstream_done {
+                        if !upstream_done && tasks.len() < TASK_BUFFER_SIZE {
                             // tokio::task::unconstrained: now_or_never may yield None when the
                             // future is ready but out of budget
                             next = tokio::task::unconstrained(client_session.read_response_task())
