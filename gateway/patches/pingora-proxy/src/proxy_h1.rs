@@ -1342,10 +1342,14 @@ mod tests {
     use std::sync::Arc;
     use tokio::io::AsyncWriteExt;
 
-    struct ResponseFilter101;
+    /// The tests' proxy: pingora's default hooks, except that with `force_101` its response
+    /// filter turns every response into a 101. The tests drive the proxy's steps directly.
+    struct TestProxy {
+        force_101: bool,
+    }
 
     #[async_trait]
-    impl ProxyHttp for ResponseFilter101 {
+    impl ProxyHttp for TestProxy {
         type CTX = ();
 
         fn new_ctx(&self) -> Self::CTX {}
@@ -1355,7 +1359,7 @@ mod tests {
             _session: &mut Session,
             _ctx: &mut Self::CTX,
         ) -> Result<Box<HttpPeer>> {
-            unreachable!("test calls h1_response_filter directly")
+            unreachable!("the tests call the proxy's steps directly")
         }
 
         async fn response_filter(
@@ -1364,8 +1368,10 @@ mod tests {
             response: &mut ResponseHeader,
             _ctx: &mut Self::CTX,
         ) -> Result<()> {
-            response.set_status(http::StatusCode::SWITCHING_PROTOCOLS)?;
-            response.set_version(Version::HTTP_11);
+            if self.force_101 {
+                response.set_status(http::StatusCode::SWITCHING_PROTOCOLS)?;
+                response.set_version(Version::HTTP_11);
+            }
             Ok(())
         }
     }
@@ -1389,7 +1395,10 @@ mod tests {
 
     #[tokio::test]
     async fn h1_response_filter_rejects_filter_created_101_with_upgrade_mismatch() {
-        let proxy = HttpProxy::new(ResponseFilter101, Arc::new(ServerConf::default()));
+        let proxy = HttpProxy::new(
+            TestProxy { force_101: true },
+            Arc::new(ServerConf::default()),
+        );
         let mut session = upgrade_request_session().await;
         session.h1_upgrade_request_status = H1UpgradeRequestStatus {
             upstream: Some(false),
@@ -1418,7 +1427,10 @@ mod tests {
 
     #[tokio::test]
     async fn h1_response_filter_rejects_upstream_101_upgrade_mismatch_as_upstream() {
-        let proxy = HttpProxy::new(ResponseFilter101, Arc::new(ServerConf::default()));
+        let proxy = HttpProxy::new(
+            TestProxy { force_101: true },
+            Arc::new(ServerConf::default()),
+        );
         let mut session = upgrade_request_session().await;
         session.h1_upgrade_request_status = H1UpgradeRequestStatus {
             upstream: Some(false),
@@ -1446,24 +1458,6 @@ mod tests {
 
         assert_eq!(err.etype(), &InvalidHTTPHeader);
         assert_eq!(err.esource(), &ErrorSource::Upstream);
-    }
-
-    /// The proxy with pingora's default hooks; the tests drive `proxy_1to1` directly.
-    struct Passthrough;
-
-    #[async_trait]
-    impl ProxyHttp for Passthrough {
-        type CTX = ();
-
-        fn new_ctx(&self) -> Self::CTX {}
-
-        async fn upstream_peer(
-            &self,
-            _session: &mut Session,
-            _ctx: &mut Self::CTX,
-        ) -> Result<Box<HttpPeer>> {
-            unreachable!("the tests call proxy_1to1 directly")
-        }
     }
 
     /// A client session that read `request` from the returned client end, and an upstream
@@ -1505,7 +1499,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_bodiless_request_relays_its_response_in_pieces_and_keeps_both_connections() {
-        let proxy = HttpProxy::new(Passthrough, Arc::new(ServerConf::default()));
+        let proxy = HttpProxy::new(
+            TestProxy { force_101: false },
+            Arc::new(ServerConf::default()),
+        );
         let (mut session, mut client, mut upstream, mut origin) =
             sessions(b"GET /x HTTP/1.1\r\nHost: example.com\r\n\r\n").await;
         assert!(relays_response_only(&mut session));
@@ -1551,7 +1548,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_that_closes_ends_the_relay_with_a_downstream_error() {
-        let proxy = HttpProxy::new(Passthrough, Arc::new(ServerConf::default()));
+        let proxy = HttpProxy::new(
+            TestProxy { force_101: false },
+            Arc::new(ServerConf::default()),
+        );
         let (mut session, client, mut upstream, mut origin) =
             sessions(b"GET /wait HTTP/1.1\r\nHost: example.com\r\n\r\n").await;
         let peer = HttpPeer::new("127.0.0.1:80", false, String::new());
